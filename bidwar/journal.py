@@ -940,7 +940,7 @@ class GroupCommitter:
         self._batches_failed += 1
         self._events_failed += failed_events
         logger.error(
-            "journal write of events %d-%d failed; failing %d queued events: %s",
+            "journal write of events %d-%d failed; failing all %d pending events: %s",
             events[0]["seq"],
             events[-1]["seq"],
             failed_events,
