@@ -1,0 +1,139 @@
+"""The host's and viewers' end of the signaling protocol (docs/signaling.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+import trio_websocket
+
+log = logging.getLogger("bidwar.media.signaling")
+
+CONNECT_TIMEOUT_S = 10.0
+DISCONNECT_TIMEOUT_S = 2.0
+GOODBYE_WAIT_S = 0.1
+
+
+class SignalingError(Exception):
+    """The signaling connection could not be used; the message is for users."""
+
+
+class SignalingRejected(SignalingError):
+    """The service refused our join; ``code`` is its error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"signaling refused to join: {message} ({code})")
+        self.code = code
+
+
+class SignalingChannel:
+    """A joined signaling connection: JSON objects in, JSON objects out."""
+
+    def __init__(
+        self, websocket: trio_websocket.WebSocketConnection, joined: dict[str, Any]
+    ) -> None:
+        self._websocket = websocket
+        self.id: str = joined["id"]
+        self.room: str = joined["room"]
+        self.host_present: bool = bool(joined.get("host_present", False))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send one message; raises SignalingError if the connection is gone."""
+        try:
+            await self._websocket.send_message(json.dumps(message))
+        except trio_websocket.ConnectionClosed as closed:
+            raise SignalingError(_closed_text(closed)) from None
+
+    async def receive(self) -> dict[str, Any]:
+        """Return the next message; raises SignalingError once closed."""
+        try:
+            text = await self._websocket.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            raise SignalingError(_closed_text(closed)) from None
+        message = json.loads(text)
+        log.debug("signaling sent %s", message.get("type"))
+        return message
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.receive()
+
+
+@asynccontextmanager
+async def open_signaling(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    role: str,
+    room: str,
+    host_key: str | None = None,
+) -> AsyncIterator[SignalingChannel]:
+    """Connect to ``url`` and join ``room`` as ``role``.
+
+    Raises SignalingRejected if the service refuses the join and
+    SignalingError if it cannot be reached. Leaving the block closes the
+    connection (the service then tells the other side we left).
+    """
+    join: dict[str, Any] = {"type": "join", "role": role, "room": room}
+    if host_key is not None:
+        join["host_key"] = host_key
+    if not url.startswith("wss:"):
+        # Plain ws: is for tests and debugging only; it has no certificate.
+        ssl_context = None
+    async with AsyncExitStack() as stack:
+        connection = trio_websocket.open_websocket_url(
+            url,
+            ssl_context=ssl_context,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            disconnect_timeout=DISCONNECT_TIMEOUT_S,
+        )
+        try:
+            websocket = await stack.enter_async_context(connection)
+        except ValueError as error:
+            raise SignalingError(f"bad signaling URL {url!r}: {error}") from None
+        except (OSError, trio_websocket.HandshakeError) as error:
+            raise SignalingError(f"cannot reach signaling at {url}: {error}") from None
+
+        channel = await _join(websocket, join)
+        log.info("joined room %s as %s (id %s)", channel.room, role, channel.id)
+        try:
+            yield channel
+        finally:
+            await _say_goodbye(websocket)
+
+
+async def _join(
+    websocket: trio_websocket.WebSocketConnection, join: dict[str, Any]
+) -> SignalingChannel:
+    try:
+        await websocket.send_message(json.dumps(join))
+        reply = json.loads(await websocket.get_message())
+    except trio_websocket.ConnectionClosed as closed:
+        raise SignalingError(_closed_text(closed)) from None
+    if reply.get("type") == "error":
+        raise SignalingRejected(reply.get("code", "?"), reply.get("message", ""))
+    if reply.get("type") != "joined":
+        raise SignalingError(f"unexpected reply to join: {reply.get('type')!r}")
+    return SignalingChannel(websocket, reply)
+
+
+async def _say_goodbye(websocket: trio_websocket.WebSocketConnection) -> None:
+    # We usually leave by being cancelled, which also cancels the library's
+    # reader task, so the closing handshake cannot complete. Send the close
+    # frame anyway (the service then sees a normal 1000 close, not a dropped
+    # connection) and wait only briefly for the reply that cannot come.
+    with trio.CancelScope(shield=True), trio.move_on_after(GOODBYE_WAIT_S):
+        await websocket.aclose()
+
+
+def _closed_text(closed: trio_websocket.ConnectionClosed) -> str:
+    reason = closed.reason
+    return f"signaling closed the connection ({reason.code} {reason.reason or ''})"

@@ -1,0 +1,117 @@
+"""``python -m bidwar.viewer``: watch the host's live video.
+
+Parses the command line into one frozen config, sets up logging and runs
+``bidwar.media.watcher.Watcher`` under ``trio.run``, printing its figures
+every few seconds and at exit. A window opens when a display exists and
+``--headless`` is not given. Exit codes: 0 normally (including Ctrl-C),
+1 when signaling refuses or fails, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from bidwar import tls
+from bidwar.media.display import display_available
+from bidwar.media.signaling_client import SignalingError
+from bidwar.media.viewer_stats import ViewerStats
+from bidwar.media.watcher import Watcher, WatcherConfig
+
+log = logging.getLogger("bidwar.viewer")
+
+EXIT_SIGNALING = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class ViewerOptions:
+    watcher: WatcherConfig
+    cafile: Path | None
+    insecure: bool
+    verbose: bool
+
+
+def parse_args(argv: list[str] | None = None) -> ViewerOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m bidwar.viewer", description="Watch the host's live video."
+    )
+    parser.add_argument("--signaling", required=True, help="wss://HOST:8766/")
+    parser.add_argument("--room", default="main")
+    parser.add_argument("--record", type=Path, help="also write the video to FILE.mp4")
+    parser.add_argument("--frames", type=_positive, help="stop after N frames")
+    parser.add_argument("--headless", action="store_true", help="never open a window")
+    parser.add_argument("--cafile", type=Path, help="trust this certificate")
+    parser.add_argument(
+        "--insecure", action="store_true", help="do not check the server's certificate"
+    )
+    parser.add_argument(
+        "--report-interval",
+        type=float,
+        default=5.0,
+        help="seconds between status lines (0: none)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    watcher = WatcherConfig(
+        signaling_url=args.signaling,
+        room=args.room,
+        frames=args.frames,
+        record=args.record,
+        display=not args.headless and display_available(),
+        report_interval_s=args.report_interval or None,
+    )
+    return ViewerOptions(watcher, args.cafile, args.insecure, args.verbose)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    _configure_logging(options.verbose)
+    try:
+        ssl_context = tls.client_context(options.cafile, insecure=options.insecure)
+    except tls.TLSSetupError as error:
+        print(f"bidwar.viewer: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    watcher = Watcher(options.watcher, ssl_context=ssl_context, on_report=_print)
+    try:
+        trio.run(watcher.run)
+    except KeyboardInterrupt:
+        pass
+    except SignalingError as error:
+        print(f"bidwar.viewer: {error}", file=sys.stderr)
+        return EXIT_SIGNALING
+    finally:
+        _print(watcher.stats, final=True)
+    return 0
+
+
+def _print(stats: ViewerStats, final: bool = False) -> None:
+    label = "final" if final else "so far"
+    print(f"[{label}] {stats.summary()}", flush=True)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    for noisy in ("aioice", "aiortc", "asyncio", "trio-websocket"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
