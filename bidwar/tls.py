@@ -83,7 +83,9 @@ def client_context(
         except (OSError, ssl.SSLError) as error:
             raise TLSSetupError(f"cannot read the CA file {cafile}: {error}") from error
     if insecure:
-        log.warning("certificate checks are OFF (--insecure): anyone can pose as the server")
+        log.warning(
+            "certificate checks are OFF (--insecure): anyone can pose as the server"
+        )
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -92,7 +94,7 @@ def client_context(
 def _make_self_signed() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bidwar localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt_names = [x509.DNSName(host) for host in LOOPBACK_NAMES] + [
         x509.IPAddress(ipaddress.ip_address(address)) for address in LOOPBACK_ADDRESSES
     ]
