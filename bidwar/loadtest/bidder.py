@@ -57,6 +57,7 @@ class Crowd:
     churn_every_s: float = 3.0
     reply_grace_s: float = 10.0
     drain_s: float = 5.0
+    drain_quiet_s: float = 0.5
     lot_over: trio.Event = dataclasses.field(default_factory=trio.Event)
     joined: int = 0
     gave_up: int = 0
@@ -103,7 +104,7 @@ class Bidder(WireClient):
                 failures += 1
                 self.tally.connections_failed += 1
                 log.debug("%s: connection failed: %s", self.name, error)
-                if failures >= MAX_CONNECT_FAILURES or self.joins == 0:
+                if failures >= MAX_CONNECT_FAILURES:
                     self.crowd.gave_up += self.joins == 0
                     return
             if not self._done():
@@ -297,14 +298,24 @@ class Bidder(WireClient):
                     await self._read_slowly(websocket)
                 else:
                     await self.crowd.lot_over.wait()
-                with trio.move_on_after(self.crowd.drain_s):
-                    await self.read_until_closed(websocket)
+                await self._drain(websocket)
         except (HandshakeError, OSError, JoinFailed) as error:
             self.tally.connections_failed += 1
             self.crowd.gave_up += self.joins == 0
             log.debug("%s: connection failed: %s", self.name, error)
         except ConnectionClosed as closed:
             self.record_close(closed)
+
+    async def _drain(self, websocket: WebSocketConnection) -> None:
+        """Read what the server still has for us: until it closes, goes quiet
+        for ``drain_quiet_s``, or ``drain_s`` is up."""
+        with trio.move_on_after(self.crowd.drain_s):
+            while True:
+                with trio.move_on_after(self.crowd.drain_quiet_s) as quiet:
+                    frame = await websocket.get_message()
+                if quiet.cancelled_caught:
+                    return
+                self.handle_frame(frame)
 
     async def _read_slowly(self, websocket: WebSocketConnection) -> None:
         while not self.crowd.lot_over.is_set():
