@@ -172,6 +172,7 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
         on_status=terminal.note,
     )
 
+    failure = ""
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
@@ -180,11 +181,12 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
             await client.drain()
             await client.close()
             nursery.cancel_scope.cancel()
-    except JoinRefused as refused:
-        terminal.note(f"cannot join: {refused}")
-        return 1
-    except ConnectionLost as lost:
-        terminal.note(f"disconnected: {lost}")
+    except* JoinRefused as group:
+        failure = f"cannot join: {group.exceptions[0]}"
+    except* ConnectionLost as group:
+        failure = f"disconnected: {group.exceptions[0]}"
+    if failure:
+        terminal.note(failure)
         return 1
     return 0
 

@@ -30,7 +30,7 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    connect_websocket_url,
+    open_websocket_url,
 )
 
 from bidwar.view import AuctionView, SequenceGap
@@ -175,26 +175,22 @@ class BidderClient:
                 await websocket.aclose(1000, "bye")
 
     async def _connect_once(self, task_status: Any, attempt: int) -> None:
-        # The nursery owns the WebSocket's background reader task.
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(self.config.connect_timeout_s):
-                websocket = await connect_websocket_url(
-                    nursery,
-                    self.config.url,
-                    ssl_context=self.config.ssl_context,
-                    max_message_size=self.config.max_message_bytes,
-                )
-            try:
-                await self._join(websocket, resumed=attempt > 0)
-                self._websocket = websocket
-                if not self._started:
-                    self._started = True
-                    task_status.started()
-                await self._resend_pending(websocket)
-                await self._receive_loop(websocket)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await websocket.aclose()
+        # open_websocket_url owns the connection's reader task and re-raises
+        # a single failure as itself, not wrapped in an exception group.
+        async with open_websocket_url(
+            self.config.url,
+            ssl_context=self.config.ssl_context,
+            max_message_size=self.config.max_message_bytes,
+            connect_timeout=self.config.connect_timeout_s,
+            disconnect_timeout=1,
+        ) as websocket:
+            await self._join(websocket, resumed=attempt > 0)
+            self._websocket = websocket
+            if not self._started:
+                self._started = True
+                task_status.started()
+            await self._resend_pending(websocket)
+            await self._receive_loop(websocket)
 
     async def _join(self, websocket: WebSocketConnection, resumed: bool) -> None:
         hello: dict[str, Any] = {
@@ -208,6 +204,8 @@ class BidderClient:
         sent_at = _local_ms()
         await websocket.send_message(json.dumps(hello))
         reply = json.loads(await websocket.get_message())
+        if reply.get("id") != "hello":
+            raise ConnectionLost(f"the server answered hello with {reply!r}")
         if reply.get("type") != "accepted":
             await websocket.aclose(1000, "refused")
             raise JoinRefused(reply.get("reason", "?"), reply.get("message", ""))

@@ -15,9 +15,10 @@ cannot delay the room or anyone else.  Each outbox holds three kinds of frame:
   not reading at all and is disconnected by its writer.
 * **notices** keyed by name (presence counts): conflated, latest wins.
 
-Frames leave in the order they were pushed, except that a pending resync goes
-out first (it replaces the dropped events, which were older than anything
-else queued after them).
+Frames leave in the order they were pushed.  A resync takes the place in the
+queue where the overflow happened: direct frames pushed before it go out
+before the snapshot, and the snapshot (taken when it is sent) already covers
+every event pushed after it.
 """
 
 import collections
@@ -25,6 +26,9 @@ import dataclasses
 from collections.abc import Callable
 
 import trio
+
+# Marks the queue position of a pending resync.
+_RESYNC = -1
 
 SnapshotFactory = Callable[[int], tuple[int, str]]
 """Given the last seq the client received, return (snapshot seq, frame)."""
@@ -61,7 +65,8 @@ class Outbox:
         self._max_events = max_events
         self._max_direct = max_direct
 
-        # (seq, frame) for events, (None, frame) for direct frames.
+        # (seq, frame) for events, (None, frame) for direct frames and
+        # (_RESYNC, "") where a snapshot is to be sent.
         self._queue: collections.deque[tuple[int | None, str]] = collections.deque()
         self._queued_events = 0
         self._notices: dict[str, str] = {}
@@ -86,7 +91,7 @@ class Outbox:
 
     def push_direct(self, frame: str) -> None:
         """Queue a frame that must arrive: a reply or a personal notice."""
-        if len(self._queue) - self._queued_events >= self._max_direct:
+        if self._direct_count() >= self._max_direct:
             raise OutboxOverflow(f"{self._max_direct} unread replies")
         self._queue.append((None, frame))
         self._wake()
@@ -121,22 +126,18 @@ class Outbox:
     def statistics(self) -> OutboxStatistics:
         return OutboxStatistics(
             queued_events=self._queued_events,
-            queued_direct=len(self._queue) - self._queued_events,
+            queued_direct=self._direct_count(),
             resyncs=self._resyncs,
             last_sent_seq=self._last_sent_seq,
         )
 
     def _take(self) -> str | None:
-        if self._resync_pending:
-            self._resync_pending = False
-            seq, frame = self._make_snapshot(self._last_sent_seq)
-            self._last_sent_seq = max(self._last_sent_seq, seq)
-            return frame
-
         while self._queue:
             seq, frame = self._queue.popleft()
             if seq is None:
                 return frame
+            if seq == _RESYNC:
+                return self._snapshot()
             self._queued_events -= 1
             if seq > self._last_sent_seq:
                 self._last_sent_seq = seq
@@ -147,14 +148,26 @@ class Outbox:
             return self._notices.pop(key)
         return None
 
+    def _snapshot(self) -> str:
+        self._resync_pending = False
+        seq, frame = self._make_snapshot(self._last_sent_seq)
+        self._last_sent_seq = max(self._last_sent_seq, seq)
+        return frame
+
     def _drop_events_for_resync(self) -> None:
+        if self._resync_pending:
+            return
         self._queue = collections.deque(
             entry for entry in self._queue if entry[0] is None
         )
+        self._queue.append((_RESYNC, ""))
         self._queued_events = 0
         self._resync_pending = True
         self._resyncs += 1
         self._wake()
+
+    def _direct_count(self) -> int:
+        return len(self._queue) - self._queued_events - int(self._resync_pending)
 
     def _wake(self) -> None:
         self._wakeup.set()

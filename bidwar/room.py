@@ -371,15 +371,22 @@ class AuctionRoom:
             )
 
     def _reply_after_durable(
-        self, session: Session, request_id: str, frame: str
+        self, session: Session, request_id: str, frame: str | Callable[[], str]
     ) -> None:
-        """Send a reply once everything submitted before it is durable."""
+        """Send a reply once everything submitted before it is durable.
+
+        ``frame`` may be a function, called only then, for replies that
+        describe the state (status) and so must not be built too early.
+        """
+
+        def send(error: BaseException | None = None) -> None:
+            text = frame if isinstance(frame, str) else frame()
+            self._deliver(session, request_id, text)
+
         if self._tail_outputs is None:
-            self._deliver(session, request_id, frame)
+            send()
         else:
-            self._tail_outputs.append(
-                lambda error: self._deliver(session, request_id, frame)
-            )
+            self._tail_outputs.append(send)
 
     def _publish(self, events: tuple[Any, ...], records: list[dict[str, Any]]) -> None:
         for event, record in zip(events, records, strict=True):
@@ -439,10 +446,11 @@ class AuctionRoom:
                 session.member.outbox.push_notice(key, frame)
 
     def _reply_status(self, session: Session, request_id: str) -> None:
-        snapshot = self._snapshot(since_seq=self._published.last_seq)
-        self._reply_after_durable(
-            session, request_id, protocol.accepted(request_id, snapshot)
-        )
+        def status_reply() -> str:
+            snapshot = self._snapshot(since_seq=self._published.last_seq)
+            return protocol.accepted(request_id, snapshot)
+
+        self._reply_after_durable(session, request_id, status_reply)
 
     # ------------------------------------------------------------ snapshots
 
