@@ -32,6 +32,7 @@ from bidwar.media.bridge import MediaError, open_bridge, open_sender
 from bidwar.media.broadcast import Broadcast
 from bidwar.media.camera import FrameSource
 from bidwar.media.encoder import EncoderConfig, VideoEncoder
+from bidwar.media.errors import single_errors
 from bidwar.media.signaling_client import (
     SignalingChannel,
     SignalingError,
@@ -126,6 +127,10 @@ class Publisher:
         (the service is unreachable or went away). On return or cancellation
         every peer connection has been closed.
         """
+        with single_errors():
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
         async with (
             open_bridge(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -85,7 +86,9 @@ async def open_signaling(
     join: dict[str, Any] = {"type": "join", "role": role, "room": room}
     if host_key is not None:
         join["host_key"] = host_key
-    if not url.startswith("wss:"):
+    if url.startswith("wss:"):
+        await _check_tls(url, ssl_context or ssl.create_default_context())
+    else:
         # Plain ws: is for tests and debugging only; it has no certificate.
         ssl_context = None
     async with AsyncExitStack() as stack:
@@ -100,7 +103,8 @@ async def open_signaling(
         except ValueError as error:
             raise SignalingError(f"bad signaling URL {url!r}: {error}") from None
         except (OSError, trio_websocket.HandshakeError) as error:
-            raise SignalingError(f"cannot reach signaling at {url}: {error}") from None
+            reason = str(error) or type(error).__name__
+            raise SignalingError(f"cannot reach signaling at {url}: {reason}") from None
 
         channel = await _join(websocket, join)
         log.info("joined room %s as %s (id %s)", channel.room, role, channel.id)
@@ -108,6 +112,28 @@ async def open_signaling(
             yield channel
         finally:
             await _say_goodbye(websocket)
+
+
+async def _check_tls(url: str, ssl_context: ssl.SSLContext) -> None:
+    # trio-websocket reports a failed TLS handshake (say, an untrusted
+    # certificate) only as a timeout after connect_timeout. One handshake of
+    # our own first turns that into an immediate, specific message.
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl_context
+            )
+            await stream.do_handshake()
+            await stream.aclose()
+    except trio.TooSlowError:
+        raise SignalingError(f"cannot reach signaling at {url}: timed out") from None
+    except trio.BrokenResourceError as error:
+        cause = error.__cause__ or error
+        raise SignalingError(f"TLS with {url} failed: {cause}") from None
+    except OSError as error:
+        raise SignalingError(f"cannot reach signaling at {url}: {error}") from None
 
 
 async def _join(

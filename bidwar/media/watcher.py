@@ -31,6 +31,7 @@ import trio
 
 from bidwar.media.bridge import MediaError, PeerClosed, open_bridge, open_receiver
 from bidwar.media.display import Display
+from bidwar.media.errors import single_errors
 from bidwar.media.recorder import Recorder
 from bidwar.media.signaling_client import SignalingChannel, open_signaling
 from bidwar.media.stamp import read_stamp
@@ -79,7 +80,7 @@ class Watcher:
         Cancellation closes the peer connection and finishes the recording.
         """
         try:
-            with trio.CancelScope() as self._done:
+            with single_errors(), trio.CancelScope() as self._done:
                 await self._run(task_status)
         finally:
             await self._finish_outputs()
