@@ -274,10 +274,10 @@ class Connection:
     async def _close(self) -> None:
         """Send the close frame (briefly: a dead peer must not hold us)."""
         log.info(
-            "[%s] closed (%d %s)",
+            "[%s] closed (%d%s)",
             self.connection_id,
             self._close_code,
-            self._close_reason or "",
+            f" {self._close_reason}" if self._close_reason else "",
         )
         with (
             trio.CancelScope(shield=True),

@@ -155,6 +155,8 @@ class BidderClient:
                 trio.TooSlowError,
                 _ResyncNeeded,
             ) as error:
+                if self._closing:
+                    return
                 if not self._started or not self._should_retry(error):
                     raise ConnectionLost(_describe(error)) from None
             finally:
@@ -271,5 +273,6 @@ class BidderClient:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, ConnectionClosed) and error.reason is not None:
-        return f"closed by the server: {error.reason.code} {error.reason.reason or ''}".strip()
+        reason = error.reason
+        return f"closed by the server: {reason.code} {reason.reason or ''}".strip()
     return str(error) or type(error).__name__

@@ -799,6 +799,17 @@ class GroupCommitter:
         self._enqueue(submission)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def wait_for_room(self, count: int = 1) -> None:
+        """Return once a submission of ``count`` events would be accepted.
+
+        For callers that must decide *and* submit without a checkpoint in
+        between (the room's lot clock): wait first, then do both at once.
+        """
+        self._check_open()
+        while not self._has_room(count):
+            await self._room.park()
+            self._check_open()
+
     async def commit(self, events: Sequence[dict[str, Any]]) -> None:
         """Submit ``events`` and wait until they are durable.
 

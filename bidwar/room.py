@@ -33,6 +33,7 @@ import base64
 import collections
 import copy
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import logging
@@ -41,15 +42,17 @@ from typing import Any, Protocol
 
 import trio
 
-from bidwar import core, protocol
+from bidwar import core, journal, protocol
 from bidwar.clock import ServerClock
 from bidwar.fanout import Outbox, OutboxOverflow
-from bidwar.journal import GroupCommitter
 from bidwar.protocol import RequestError
 
 log = logging.getLogger("bidwar.room")
 
 _PENDING = None  # marks a request id whose reply is not ready yet
+# A tick and a decision together make at most this many events (a close, or
+# a bid and an extension); room for them is checked before deciding.
+_MAX_EVENTS_PER_STEP = 4
 _EARLIER_WRITE_FAILED = RuntimeError("an earlier journal write failed")
 
 
@@ -94,7 +97,7 @@ class AuctionRoom:
         self,
         config: RoomConfig,
         clock: ServerClock,
-        committer: GroupCommitter,
+        committer: journal.GroupCommitter,
         durable_state: core.Auction,
         replay: list[dict[str, Any]] | None = None,
     ) -> None:
@@ -114,6 +117,7 @@ class AuctionRoom:
         self._in_flight = 0
         self._tail_outputs: list[Output] | None = None
         self._rebuild_pending = False
+        self._fatal: Exception | None = None
         self._viewers = 0
         self._deadline_changed = trio.Event()
         self._presence_changed = trio.Event()
@@ -247,7 +251,7 @@ class AuctionRoom:
 
     def _decide(self, session: Session, request_id: str | None, command: Any) -> None:
         """Apply ``command`` now; reply and publish once its events are durable."""
-        if self._rebuild_pending or not self._committer.has_room():
+        if self._rebuild_pending or not self._committer.has_room(_MAX_EVENTS_PER_STEP):
             if request_id is not None:
                 refusal = protocol.rejected(
                     request_id,
@@ -300,6 +304,9 @@ class AuctionRoom:
             with trio.move_on_at(wake_at):
                 await self._deadline_changed.wait()
             self._deadline_changed = trio.Event()
+            if self._fatal is not None:
+                raise self._fatal
+            await self._committer.wait_for_room(_MAX_EVENTS_PER_STEP)
             self.tick()
 
     async def run_presence(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -361,14 +368,25 @@ class AuctionRoom:
         self._maybe_rebuild()
 
     def _maybe_rebuild(self) -> None:
-        if self._rebuild_pending and self._in_flight == 0:
-            self._live = copy.deepcopy(self._published)
-            self._rebuild_pending = False
-            self._deadline_changed.set()
-            log.warning(
-                "in-memory state rebuilt from the durable state (seq %d)",
-                self._published.last_seq,
+        if not self._rebuild_pending or self._in_flight > 0:
+            return
+        stored_seq = self._committer.statistics().last_seq
+        if stored_seq != self._published.last_seq:
+            # A write reported failure yet reached the disk.  Only a restart,
+            # which replays the journal, can make memory agree with it again.
+            self._fatal = journal.JournalError(
+                f"the journal holds events up to {stored_seq} but only "
+                f"{self._published.last_seq} were confirmed; restart the server"
             )
+            self._deadline_changed.set()
+            return
+        self._live = copy.deepcopy(self._published)
+        self._rebuild_pending = False
+        self._deadline_changed.set()
+        log.warning(
+            "in-memory state rebuilt from the durable state (seq %d)",
+            self._published.last_seq,
+        )
 
     def _reply_after_durable(
         self, session: Session, request_id: str, frame: str | Callable[[], str]
@@ -551,10 +569,14 @@ class AuctionRoom:
                 record["lot"],
                 record["title"],
                 record["starting_price"],
-                record["ends_at_ms"],
+                _clock_time(record["ends_at_ms"]),
             )
         elif kind == "lot_extended":
-            log.info("lot %s extended to %s", record["lot"], record["ends_at_ms"])
+            log.info(
+                "lot %s extended to %s",
+                record["lot"],
+                _clock_time(record["ends_at_ms"]),
+            )
         elif kind == "lot_closed":
             log.info(
                 "lot %s closed: %s to %s at %s",
@@ -569,6 +591,12 @@ class AuctionRoom:
             log.info("host is now %s", record["host"] or "nobody")
         else:
             log.debug("event %s", record)
+
+
+def _clock_time(epoch_ms: int) -> str:
+    """Epoch milliseconds as a local wall-clock time for the log."""
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000)
+    return moment.strftime("%H:%M:%S.") + f"{epoch_ms % 1000:03d}"
 
 
 def _bid_result(bid: Any) -> dict[str, Any]:
