@@ -151,11 +151,11 @@ class Connection:
                     nursery.start_soon(self._keepalive)
                     await self._read_loop()
                     nursery.cancel_scope.cancel()
-        except trio.Cancelled:
-            self._close_code, self._close_reason = (
-                CLOSE_GOING_AWAY,
-                "server shutting down",
-            )
+        except* trio.Cancelled:
+            # Cancelled from outside (our own scope absorbs its own cancel):
+            # the server is stopping.  It may arrive grouped, hence except*.
+            self._close_code = CLOSE_GOING_AWAY
+            self._close_reason = "server shutting down"
             raise
         finally:
             if self._session is not None:

@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -79,7 +80,10 @@ async def run_server(
 
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
-            await _journal_recovery(durable, committer, clock, store.last_at_ms)
+            recovered = await _journal_recovery(
+                durable, committer, clock, store.last_at_ms
+            )
+            history = [record.body for record in recovery.records] + recovered
 
             room = AuctionRoom(
                 RoomConfig(
@@ -91,7 +95,7 @@ async def run_server(
                 clock,
                 committer,
                 durable,
-                replay=[record.body for record in recovery.records[-10_000:]],
+                replay=history,
             )
             await nursery.start(room.run_clock)
             await nursery.start(room.run_presence)
@@ -114,7 +118,10 @@ async def run_server(
             )
             task_status.started(RunningServer(auction_port, signaling_port, room))
     finally:
-        await trio.to_thread.run_sync(store.close)
+        # Shielded: this runs during cancellation, and the lock on the data
+        # directory must be released even then.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
 
 
 def _replay(rules: core.Rules, records: list[journal.Record]) -> core.Auction:
@@ -131,14 +138,19 @@ async def _journal_recovery(
     committer: journal.GroupCommitter,
     clock: ServerClock,
     last_at_ms: int | None,
-) -> None:
-    """Pause a lot that was open at the crash, release the host, durably."""
+) -> list[dict[str, Any]]:
+    """Pause a lot that was open at the crash, release the host, durably.
+
+    Returns the events this added to the journal.
+    """
     if last_at_ms is None:
-        return
+        return []
     events = durable.recover(clock.now_ms(), last_at_ms)
-    if events:
-        await committer.commit([core.event_to_dict(event) for event in events])
-        log.info("recovered after a stop: %s", ", ".join(e.type for e in events))
+    records = [core.event_to_dict(event) for event in events]
+    if records:
+        await committer.commit(records)
+        log.info("recovered after a stop: %s", ", ".join(r["type"] for r in records))
+    return records
 
 
 def _server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
