@@ -279,13 +279,15 @@ class Connection:
             self._close_code,
             f" {self._close_reason}" if self._close_reason else "",
         )
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(self._config.close_timeout_s),
-        ):
+        # Each step gets half the time, so a peer that stalls the "bye" still
+        # gets the close frame attempt, and aclose() always closes the socket.
+        step_s = self._config.close_timeout_s / 2
+        with trio.CancelScope(shield=True):
             if self._close_reason and self._close_code != CLOSE_NORMAL:
-                await self._send_bye()
-            await self._websocket.aclose(self._close_code, self._close_reason)
+                with trio.move_on_after(step_s):
+                    await self._send_bye()
+            with trio.move_on_after(step_s):
+                await self._websocket.aclose(self._close_code, self._close_reason)
 
     async def _send_bye(self) -> None:
         with contextlib.suppress(ConnectionClosed):
