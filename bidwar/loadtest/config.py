@@ -33,7 +33,7 @@ class LoadConfig:
     churn_every_s: float = 3.0
     connect_concurrency: int = 64
     # The longest the bidders may take to join before the lot opens anyway.
-    join_window_s: float = 120.0
+    join_window_s: float = 180.0
     seed: int = 0
     run_id: str = dataclasses.field(default_factory=lambda: "lt" + secrets.token_hex(3))
     progress: bool = True
@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         slow_mode=args.slow_mode,
         churn_every_s=args.churn_every,
         connect_concurrency=args.connect_concurrency,
+        join_window_s=args.join_window,
         seed=args.seed,
         progress=not args.no_progress,
         verbose=args.verbose,
@@ -144,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=64,
         help="first connections in flight per process (default 64)",
+    )
+    add(
+        "--join-window",
+        type=float,
+        default=180.0,
+        help="longest wait for all bidders to join before the lot opens (default 180)",
     )
     add(
         "--seed",

@@ -33,8 +33,10 @@ class Target:
 
     url: str
     ssl_context: ssl.SSLContext | None
-    connect_timeout_s: float = 20.0
-    join_timeout_s: float = 20.0
+    # Generous: a client that gives up mid-handshake turns a slow server
+    # into a failed connection, and adds a reconnect to its load.
+    connect_timeout_s: float = 60.0
+    join_timeout_s: float = 60.0
     close_timeout_s: float = 2.0
 
 
