@@ -22,6 +22,7 @@ from bidwar.loadtest.client_state import RequestLedger, SeqTracker
 from bidwar.loadtest.config import LoadConfig, parse_args
 from bidwar.loadtest.host import HostRecord
 from bidwar.loadtest.invariants import check_run
+from bidwar.loadtest.journal_check import AuditOutcome, JournalFacts
 from bidwar.loadtest.metrics import AcceptedBid, GroupTally, LatencyHistogram
 from bidwar.loadtest.results import RunResult
 from bidwar.loadtest.runner import run_load
@@ -281,6 +282,46 @@ def test_sequence_and_reply_violations_are_caught():
         "seq +1 or explicit resync",
         "exactly one reply per request",
     }
+
+
+def with_journal(result: RunResult, audited_winner: str = "bob") -> RunResult:
+    """Add a journal and an audit report that tell the same story (by default)."""
+    result.journal = JournalFacts(
+        lot=1, bids=dict(result.host.bids), closed=dict(result.host.closed)
+    )
+    lot = {
+        "lot": 1, "outcome": "sold", "winner": audited_winner, "price": "11.00",
+        "bid_count": 2, "bids": [{"seq": 5}, {"seq": 6}],
+    }  # fmt: skip
+    result.audit = AuditOutcome(available=True, exit_code=0, report={"lots": [lot]})
+    return result
+
+
+def test_a_journal_and_audit_that_agree_pass():
+    assert failed(with_journal(consistent_run())) == set()
+
+
+def test_an_audit_that_names_another_winner_is_caught():
+    result = with_journal(consistent_run(), audited_winner="alice")
+
+    assert failed(result) == {"journal matches"}
+
+
+def test_a_failing_audit_is_caught():
+    result = with_journal(consistent_run())
+    result.audit.exit_code = 1
+
+    assert failed(result) == {"journal matches"}
+
+
+def test_a_journal_missing_a_bid_is_caught():
+    result = with_journal(consistent_run())
+    del result.journal.bids[6]
+
+    assert {
+        "journal matches",
+        "accepted bids are in the events and journal",
+    } == failed(result)
 
 
 def test_a_lot_that_never_closed_is_caught():

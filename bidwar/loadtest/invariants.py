@@ -109,13 +109,43 @@ def _journal_matches(result: RunResult) -> Check:
         problems.append(
             f"journal has {len(facts.bids)} bids on the lot, the host saw {len(seen)}"
         )
-    if audit is not None and audit.available and not audit.passed:
-        problems.append(f"bidwar.audit exited {audit.exit_code}: {audit.stderr_tail}")
+    if audit is not None and audit.available:
+        problems += _audit_problems(result)
 
     detail = "; ".join(problems) or f"{len(facts.bids)} bids and the result agree"
     if audit is not None and not audit.available:
         detail += " (bidwar.audit not available)"
     return Check(name, not problems, detail)
+
+
+def _audit_problems(result: RunResult) -> list[str]:
+    """Compare the audit's verdict and its account of the lot with the run."""
+    audit = result.audit
+    assert audit is not None
+    if not audit.passed:
+        return [f"bidwar.audit exited {audit.exit_code}: {audit.stderr_tail}"]
+    report = audit.report if isinstance(audit.report, dict) else {}
+    lots = [lot for lot in report.get("lots", ()) if lot.get("lot") == result.lot]
+    closed = result.host.closed
+    if not lots or closed is None:
+        return (
+            [] if closed is None else [f"bidwar.audit does not list lot {result.lot}"]
+        )
+
+    audited = lots[0]
+    fields = ("outcome", "winner", "price", "bid_count")
+    problems = [
+        f"bidwar.audit says {field} {audited.get(field)!r}, the event {closed[field]!r}"
+        for field in fields
+        if audited.get(field) != closed[field]
+    ]
+    audited_seqs = {bid["seq"] for bid in audited.get("bids", ())}
+    unaudited = [bid.seq for bid in _run_bids(result) if bid.seq not in audited_seqs]
+    if unaudited:
+        problems.append(
+            f"bidwar.audit lacks accepted bids at seq {unaudited[:EXAMPLES]}"
+        )
+    return problems
 
 
 def _lot_bids(result: RunResult) -> dict[int, tuple[str, str, str, int]]:
