@@ -247,3 +247,23 @@ async def test_a_client_whose_socket_stalls_is_disconnected_as_too_slow(
 
     assert websocket.close_code == 4001
     assert 10 <= trio.current_time() <= 10 + config.close_timeout_s
+
+
+class DeadPeer(StalledWebSocket):
+    """A peer whose socket still takes bytes but who never answers a ping."""
+
+    async def send_message(self, message: str) -> None:
+        pass
+
+
+async def test_a_peer_that_never_answers_pings_is_closed_as_idle(room, autojump_clock):
+    websocket = DeadPeer()
+    config = AuctionServiceConfig(
+        ping_interval_s=20, pong_timeout_s=20, hello_timeout_s=1000
+    )
+
+    with trio.fail_after(100):
+        await Connection(websocket, room, config).serve()  # type: ignore[arg-type]
+
+    assert websocket.close_code == 4002
+    assert 40 <= trio.current_time() <= 40 + config.close_timeout_s
