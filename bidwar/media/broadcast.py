@@ -35,6 +35,7 @@ PacketT = TypeVar("PacketT")
 
 @dataclass
 class SubscriptionStats:
+    queued: int = 0
     delivered: int = 0
     dropped_waiting: int = 0
     dropped_full: int = 0
@@ -81,6 +82,7 @@ class Subscription(Generic[PacketT]):
             return
         except trio.ClosedResourceError:
             return
+        self.stats.queued += 1
         self._waiting_for_keyframe = False
 
     @property

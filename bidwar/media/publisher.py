@@ -29,7 +29,7 @@ import av
 import trio
 
 from bidwar.media.bridge import MediaError, open_bridge, open_sender
-from bidwar.media.broadcast import Broadcast
+from bidwar.media.broadcast import Broadcast, Subscription, SubscriptionStats
 from bidwar.media.camera import FrameSource
 from bidwar.media.encoder import EncoderConfig, VideoEncoder
 from bidwar.media.errors import single_errors
@@ -72,6 +72,7 @@ class PublisherStats:
 
 @dataclass(eq=False)
 class _ViewerLink:
+    subscription: Subscription[av.Packet]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     answers: tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]] = field(
         default_factory=lambda: trio.open_memory_channel[str](1)
@@ -107,6 +108,13 @@ class Publisher:
         self._frames_captured = 0
         self._viewers_served = 0
         self._dropped_by_gone_viewers = 0
+
+    def viewer_statistics(self) -> dict[str, SubscriptionStats]:
+        """Per connected viewer: packets queued for and taken by its sender, drops."""
+        return {
+            viewer_id: link.subscription.stats
+            for viewer_id, link in self._links.items()
+        }
 
     def statistics(self) -> PublisherStats:
         return PublisherStats(
@@ -174,7 +182,8 @@ class Publisher:
         old = self._links.pop(viewer_id, None)
         if old is not None:
             old.scope.cancel()
-        link = self._links[viewer_id] = _ViewerLink()
+        subscription = self._broadcast.subscribe(viewer_id)
+        link = self._links[viewer_id] = _ViewerLink(subscription)
         nursery.start_soon(self._serve_viewer, channel, viewer_id, link)
 
     def _deliver_answer(self, viewer_id: str, sdp: str) -> None:
@@ -191,7 +200,7 @@ class Publisher:
     async def _serve_viewer(
         self, channel: SignalingChannel, viewer_id: str, link: _ViewerLink
     ) -> None:
-        subscription = self._broadcast.subscribe(viewer_id)
+        subscription = link.subscription
         self._viewers_served += 1
         log.info("%s: connecting (%d viewers)", viewer_id, len(self._links))
         try:
@@ -212,7 +221,13 @@ class Publisher:
                 stats.dropped_full,
             )
 
-    async def _connect_viewer(self, channel, viewer_id, link, subscription) -> None:
+    async def _connect_viewer(
+        self,
+        channel: SignalingChannel,
+        viewer_id: str,
+        link: _ViewerLink,
+        subscription: Subscription[av.Packet],
+    ) -> None:
         async with open_sender(
             subscription.receive, self._broadcast.request_keyframe
         ) as peer:

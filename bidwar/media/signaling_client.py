@@ -7,7 +7,7 @@ import logging
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -16,7 +16,6 @@ import trio_websocket
 log = logging.getLogger("bidwar.media.signaling")
 
 CONNECT_TIMEOUT_S = 10.0
-DISCONNECT_TIMEOUT_S = 2.0
 GOODBYE_WAIT_S = 0.1
 
 
@@ -77,63 +76,66 @@ async def open_signaling(
     room: str,
     host_key: str | None = None,
 ) -> AsyncIterator[SignalingChannel]:
-    """Connect to ``url`` and join ``room`` as ``role``.
+    """Connect to ``url`` (``wss://`` or, for tests, ``ws://``) and join ``room``.
 
     Raises SignalingRejected if the service refuses the join and
-    SignalingError if it cannot be reached. Leaving the block closes the
-    connection (the service then tells the other side we left).
+    SignalingError if it cannot be reached (including a certificate that does
+    not verify). Leaving the block, even by cancellation, sends a close frame
+    so the service tells the other side at once that we left.
     """
     join: dict[str, Any] = {"type": "join", "role": role, "room": room}
     if host_key is not None:
         join["host_key"] = host_key
-    if url.startswith("wss:"):
-        await _check_tls(url, ssl_context or ssl.create_default_context())
-    else:
-        # Plain ws: is for tests and debugging only; it has no certificate.
-        ssl_context = None
-    async with AsyncExitStack() as stack:
-        connection = trio_websocket.open_websocket_url(
-            url,
-            ssl_context=ssl_context,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            disconnect_timeout=DISCONNECT_TIMEOUT_S,
-        )
-        try:
-            websocket = await stack.enter_async_context(connection)
-        except ValueError as error:
-            raise SignalingError(f"bad signaling URL {url!r}: {error}") from None
-        except (OSError, trio_websocket.HandshakeError) as error:
-            reason = str(error) or type(error).__name__
-            raise SignalingError(f"cannot reach signaling at {url}: {reason}") from None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise SignalingError(f"bad signaling URL {url!r}: expected wss://HOST:PORT/")
 
-        channel = await _join(websocket, join)
-        log.info("joined room %s as %s (id %s)", channel.room, role, channel.id)
+    async with trio.open_nursery() as nursery:
+        stream = await _connect(parts, ssl_context)
         try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                websocket = await trio_websocket.wrap_client_stream(
+                    nursery, stream, parts.netloc, parts.path or "/"
+                )
+        except (trio.TooSlowError, trio_websocket.HandshakeError) as error:
+            await trio.aclose_forcefully(stream)
+            reason = str(error) or type(error).__name__
+            raise SignalingError(f"no WebSocket at {url}: {reason}") from None
+
+        try:
+            channel = await _join(websocket, join)
+            log.info("joined room %s as %s (id %s)", channel.room, role, channel.id)
             yield channel
         finally:
             await _say_goodbye(websocket)
+            nursery.cancel_scope.cancel()
 
 
-async def _check_tls(url: str, ssl_context: ssl.SSLContext) -> None:
-    # trio-websocket reports a failed TLS handshake (say, an untrusted
-    # certificate) only as a timeout after connect_timeout. One handshake of
-    # our own first turns that into an immediate, specific message.
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
+async def _connect(
+    parts: urllib.parse.SplitResult, ssl_context: ssl.SSLContext | None
+) -> trio.abc.Stream:
+    # The TLS handshake is done here rather than inside trio-websocket, which
+    # reports a failed one (say, an untrusted certificate) only as a timeout.
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    host = parts.hostname or ""
+    where = f"{parts.scheme}://{parts.netloc}/"
     try:
         with trio.fail_after(CONNECT_TIMEOUT_S):
+            if not secure:
+                return await trio.open_tcp_stream(host, port)
             stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl_context
+                host, port, ssl_context=ssl_context or ssl.create_default_context()
             )
             await stream.do_handshake()
-            await stream.aclose()
+            return stream
     except trio.TooSlowError:
-        raise SignalingError(f"cannot reach signaling at {url}: timed out") from None
+        raise SignalingError(f"cannot reach signaling at {where}: timed out") from None
     except trio.BrokenResourceError as error:
         cause = error.__cause__ or error
-        raise SignalingError(f"TLS with {url} failed: {cause}") from None
+        raise SignalingError(f"TLS with {where} failed: {cause}") from None
     except OSError as error:
-        raise SignalingError(f"cannot reach signaling at {url}: {error}") from None
+        raise SignalingError(f"cannot reach signaling at {where}: {error}") from None
 
 
 async def _join(

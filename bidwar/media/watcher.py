@@ -62,6 +62,7 @@ class Watcher:
     ) -> None:
         self.config = config
         self.stats = ViewerStats()
+        self.host_present = False
         self._ssl_context = ssl_context
         self._on_report = on_report
         self._session: trio.CancelScope | None = None
@@ -98,6 +99,7 @@ class Watcher:
             ) as channel,
             trio.open_nursery() as nursery,
         ):
+            self.host_present = channel.host_present
             if channel.host_present:
                 self.stats.expect_video(time.monotonic())
             else:
@@ -116,9 +118,11 @@ class Watcher:
             await self._start_session(nursery, channel, message["sdp"])
         elif kind == "host_joined":
             log.info("the host arrived")
+            self.host_present = True
             self.stats.expect_video(time.monotonic())
         elif kind == "host_left":
             log.info("the host left; waiting for the next one")
+            self.host_present = False
             self._end_session()
         elif kind == "error":
             log.warning("signaling refused %s: %s", message.get("in_reply_to"), message)
