@@ -40,6 +40,8 @@ class ServerConfig:
     tls: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # A ready-made context (tests, embedding) instead of the files above.
+    ssl_context: ssl.SSLContext | None = None
     auction: AuctionServiceConfig = AuctionServiceConfig()
     signaling: SignalingConfig = SignalingConfig()
     max_chat_chars: int = 500
@@ -156,6 +158,8 @@ async def _journal_recovery(
 def _server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     if not config.tls:
         return None
+    if config.ssl_context is not None:
+        return config.ssl_context
     if config.tls_cert is not None:
         return tls.server_context(config.tls_cert, config.tls_key or config.tls_cert)
     cert_path, key_path = tls.ensure_self_signed(config.data_dir)
@@ -212,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]
     parser.add_argument(
         "--tls-cert",
         type=Path,
-        help="certificate chain (PEM); default: a self-signed one in the data directory",
+        help="certificate chain (PEM); default: self-signed, in the data directory",
     )
     parser.add_argument("--tls-key", type=Path, help="private key (PEM) for --tls-cert")
     parser.add_argument(
@@ -223,7 +227,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]
     parser.add_argument(
         "--host-key",
         default=os.environ.get(HOST_KEY_ENV),
-        help=f"the key that makes a bidder the host (also ${HOST_KEY_ENV}); default: generated and printed",
+        help=f"the key that makes a bidder the host (also ${HOST_KEY_ENV}); "
+        "default: generated and printed",
     )
     parser.add_argument(
         "--max-chat-chars",

@@ -1,6 +1,7 @@
 """Test helpers: an in-process server on loopback and a raw protocol client."""
 
 import contextlib
+import dataclasses
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -31,17 +32,11 @@ async def running_server(
     config: ServerConfig, server_ssl_context: ssl.SSLContext
 ) -> AsyncIterator[RunningServer]:
     """Run the whole server in this trio run, with the test CA's certificate."""
-    import bidwar.server as server_module
-
-    original = server_module._server_ssl_context
-    server_module._server_ssl_context = lambda config: server_ssl_context
-    try:
-        async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_server, config)
-            yield running
-            nursery.cancel_scope.cancel()
-    finally:
-        server_module._server_ssl_context = original
+    config = dataclasses.replace(config, ssl_context=server_ssl_context)
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(run_server, config)
+        yield running
+        nursery.cancel_scope.cancel()
 
 
 class RawClient:

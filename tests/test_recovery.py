@@ -1,5 +1,6 @@
 """Restart recovery, resume after a dropped connection, idempotent retries."""
 
+
 import trio
 
 from bidwar.client import BidderClient, ClientConfig
@@ -140,12 +141,11 @@ async def test_a_retried_bid_after_a_restart_is_answered_from_the_journal(
             first = await ann.request("bid", "b-1", amount="10")
             session = ann.welcome["result"]["session"]
 
-    async with running_server(config, server_ssl_context) as server:
-        async with raw_client(
-            server.auction_port, client_ssl_context, "ann", session=session
-        ) as ann:
-            again = await ann.request("bid", "b-1", amount="10")
-            status = (await ann.request("status", "s"))["result"]
+    async with running_server(config, server_ssl_context) as server, raw_client(
+        server.auction_port, client_ssl_context, "ann", session=session
+    ) as ann:
+        again = await ann.request("bid", "b-1", amount="10")
+        status = (await ann.request("status", "s"))["result"]
 
     assert again == first
     assert status["lot"]["bid_count"] == 1
@@ -160,10 +160,8 @@ async def test_the_client_reconnects_through_a_restart_and_resends_its_request(
         port = server.auction_port
         async with raw_client(port, client_ssl_context, "host") as host:
             await host_opens_lot(host)
-    config = server_config(tmp_path)
-    config = type(config)(
-        **{**config.__dict__, "auction": type(config.auction)(port=port)}
-    )
+    # The same port again, so the client finds the restarted server.
+    config = dataclasses.replace(config, auction=AuctionServiceConfig(port=port))
 
     client = BidderClient(
         ClientConfig(
