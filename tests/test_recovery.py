@@ -1,8 +1,11 @@
 """Restart recovery, resume after a dropped connection, idempotent retries."""
 
 
+import dataclasses
+
 import trio
 
+from bidwar.auction_service import AuctionServiceConfig
 from bidwar.client import BidderClient, ClientConfig
 from tests.helpers import HOST_KEY, raw_client, running_server, server_config
 
