@@ -114,7 +114,7 @@ async def _measure(
     command = [sys.executable, __file__, "--url", url, "--cafile", str(cert)]
     command += ["--seconds", str(args.seconds)]
     processes = [
-        subprocess.Popen([*command, "--farm", str(n)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen([*command, "--farm", str(n)], stdout=subprocess.PIPE, text=1)
         for n in farms
     ]
 
@@ -171,10 +171,14 @@ def _percentile(ordered: list[float], percent: float) -> float | None:
 
 
 def _print_table(results: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n{args.size} at {args.fps} fps, {args.seconds:.0f} s per row, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    print("| viewers | host CPU % | viewer procs CPU % | fps min / mean | "
-          "first frame mean / max | glass-to-glass p50 / p95 |")
+    print(
+        f"\n{args.size} at {args.fps} fps, {args.seconds:.0f} s per row, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        "| viewers | host CPU % | viewer procs CPU % | fps min / mean | "
+        "first frame mean / max | glass-to-glass p50 / p95 |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
         print(
