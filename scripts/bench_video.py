@@ -113,10 +113,8 @@ async def _measure(
     farms = _split(viewers, args.farms)
     command = [sys.executable, __file__, "--url", url, "--cafile", str(cert)]
     command += ["--seconds", str(args.seconds)]
-    processes = [
-        subprocess.Popen([*command, "--farm", str(n)], stdout=subprocess.PIPE, text=1)
-        for n in farms
-    ]
+    pipe = {"stdout": subprocess.PIPE, "text": True}
+    processes = [subprocess.Popen([*command, "--farm", str(n)], **pipe) for n in farms]
 
     # Each farm prints "ready" once all its viewers have a picture, then
     # measures for --seconds; measure the host over the same window.
