@@ -148,6 +148,10 @@ class _Peer:
             self._connected.set()
         if state in _ENDED_STATES:
             self._ended.set()
+            self._on_ended()
+
+    def _on_ended(self) -> None:
+        pass
 
     async def wait_connected(self) -> None:
         """Return once media can flow; raise PeerClosed if it never will."""
@@ -237,6 +241,10 @@ class ReceivingPeer(_Peer):
     @property
     def dropped(self) -> int:
         return self._mailbox.dropped
+
+    def _on_ended(self) -> None:
+        # A failed connection may never end its track; end the frames anyway.
+        self._mailbox.close()
 
     def _video_track(self) -> MediaStreamTrack:
         for transceiver in self._connection.getTransceivers():

@@ -43,6 +43,8 @@ from bidwar.media.stamp import stamp
 log = logging.getLogger("bidwar.host")
 
 RTP_CLOCK_HZ = 90_000
+VIEWER_ATTEMPTS = 3
+RETRY_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,20 @@ class PublisherStats:
 
 @dataclass(eq=False)
 class _ViewerLink:
-    subscription: Subscription[av.Packet]
+    subscription: Subscription[av.Packet] | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     answers: tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]] = field(
         default_factory=lambda: trio.open_memory_channel[str](1)
     )
+
+
+def _drain(channel: trio.MemoryReceiveChannel[str]) -> None:
+    # An answer to an earlier, abandoned offer must not answer the next one.
+    while True:
+        try:
+            channel.receive_nowait()
+        except trio.WouldBlock:
+            return
 
 
 class Publisher:
@@ -182,8 +193,7 @@ class Publisher:
         old = self._links.pop(viewer_id, None)
         if old is not None:
             old.scope.cancel()
-        subscription = self._broadcast.subscribe(viewer_id)
-        link = self._links[viewer_id] = _ViewerLink(subscription)
+        link = self._links[viewer_id] = _ViewerLink()
         nursery.start_soon(self._serve_viewer, channel, viewer_id, link)
 
     def _deliver_answer(self, viewer_id: str, sdp: str) -> None:
@@ -200,46 +210,59 @@ class Publisher:
     async def _serve_viewer(
         self, channel: SignalingChannel, viewer_id: str, link: _ViewerLink
     ) -> None:
-        subscription = link.subscription
         self._viewers_served += 1
         log.info("%s: connecting (%d viewers)", viewer_id, len(self._links))
         try:
             with link.scope:
-                await self._connect_viewer(channel, viewer_id, link, subscription)
-        except (MediaError, SignalingError, trio.TooSlowError) as error:
-            log.warning("%s: giving up on this viewer: %s", viewer_id, error)
+                await self._keep_viewer_connected(channel, viewer_id, link)
         finally:
-            subscription.close()
-            stats = subscription.stats
-            self._dropped_by_gone_viewers += stats.dropped_full
             if self._links.get(viewer_id) is link:
                 del self._links[viewer_id]
-            log.info(
-                "%s: gone after %d frames (%d dropped for a full queue)",
-                viewer_id,
-                stats.delivered,
-                stats.dropped_full,
-            )
+            log.info("%s: gone", viewer_id)
+
+    async def _keep_viewer_connected(
+        self, channel: SignalingChannel, viewer_id: str, link: _ViewerLink
+    ) -> None:
+        # A viewer still in the room whose connection failed (ICE consent
+        # lost, a wedged DTLS handshake) gets a fresh offer, a few times.
+        for attempt in range(1, VIEWER_ATTEMPTS + 1):
+            try:
+                await self._connect_viewer(channel, viewer_id, link)
+                problem = "the peer connection ended"
+            except (MediaError, trio.TooSlowError) as error:
+                problem = str(error) or type(error).__name__
+            except SignalingError as error:
+                log.warning("%s: signaling failed: %s", viewer_id, error)
+                return
+            log.warning("%s: %s (attempt %d)", viewer_id, problem, attempt)
+            await trio.sleep(RETRY_DELAY_S)
 
     async def _connect_viewer(
-        self,
-        channel: SignalingChannel,
-        viewer_id: str,
-        link: _ViewerLink,
-        subscription: Subscription[av.Packet],
+        self, channel: SignalingChannel, viewer_id: str, link: _ViewerLink
     ) -> None:
-        async with open_sender(
-            subscription.receive, self._broadcast.request_keyframe
-        ) as peer:
-            offer = await peer.create_offer()
-            await channel.send({"type": "offer", "viewer": viewer_id, "sdp": offer})
-            with trio.fail_after(self.config.answer_timeout_s):
-                answer = await link.answers[1].receive()
-            await peer.accept_answer(answer)
-            await peer.wait_connected()
-            log.info("%s: connected", viewer_id)
-            await peer.wait_ended()
-            log.info("%s: peer connection %s", viewer_id, peer.state)
+        link.subscription = subscription = self._broadcast.subscribe(viewer_id)
+        _drain(link.answers[1])
+        try:
+            async with open_sender(
+                subscription.receive, self._broadcast.request_keyframe
+            ) as peer:
+                offer = await peer.create_offer()
+                await channel.send({"type": "offer", "viewer": viewer_id, "sdp": offer})
+                with trio.fail_after(self.config.answer_timeout_s):
+                    answer = await link.answers[1].receive()
+                await peer.accept_answer(answer)
+                await peer.wait_connected()
+                log.info("%s: connected", viewer_id)
+                await peer.wait_ended()
+        finally:
+            subscription.close()
+            self._dropped_by_gone_viewers += subscription.stats.dropped_full
+            log.info(
+                "%s: sent %d frames (%d dropped for a full queue)",
+                viewer_id,
+                subscription.stats.delivered,
+                subscription.stats.dropped_full,
+            )
 
     # -- capture -----------------------------------------------------------------
 
