@@ -19,6 +19,7 @@ from bidwar import tls
 from bidwar.media.camera import CameraError, default_camera_spec, open_camera
 from bidwar.media.publisher import Publisher, PublisherConfig
 from bidwar.media.signaling_client import SignalingError
+from bidwar.media.terminate import run_until_terminated
 
 log = logging.getLogger("bidwar.host")
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         publisher = Publisher(config, camera, ssl_context=ssl_context)
-        trio.run(publisher.run)
+        trio.run(run_until_terminated, publisher.run)
     except KeyboardInterrupt:
         log.info("stopped")
     except SignalingError as error:

@@ -20,6 +20,7 @@ import trio
 from bidwar import tls
 from bidwar.media.display import display_available
 from bidwar.media.signaling_client import SignalingError
+from bidwar.media.terminate import run_until_terminated
 from bidwar.media.viewer_stats import ViewerStats
 from bidwar.media.watcher import Watcher, WatcherConfig
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     watcher = Watcher(options.watcher, ssl_context=ssl_context, on_report=_print)
     try:
-        trio.run(watcher.run)
+        trio.run(run_until_terminated, watcher.run)
     except KeyboardInterrupt:
         pass
     except SignalingError as error:

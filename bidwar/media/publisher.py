@@ -234,8 +234,14 @@ class Publisher:
             except SignalingError as error:
                 log.warning("%s: signaling failed: %s", viewer_id, error)
                 return
-            log.warning("%s: %s (attempt %d)", viewer_id, problem, attempt)
+
+            # A viewer that simply left also ends its connection; its
+            # viewer_left usually follows at once and cancels this wait.
             await trio.sleep(RETRY_DELAY_S)
+            if attempt == VIEWER_ATTEMPTS:
+                log.warning("%s: %s; giving up", viewer_id, problem)
+                return
+            log.warning("%s: %s; offering again", viewer_id, problem)
 
     async def _connect_viewer(
         self, channel: SignalingChannel, viewer_id: str, link: _ViewerLink
