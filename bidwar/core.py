@@ -300,6 +300,19 @@ def _wire_name(field_name: str) -> str:
     return field_name.removesuffix("_cents")
 
 
+def _schema(cls: type) -> dict[str, tuple[str, tuple[type, ...]]]:
+    """Map each wire name of ``cls`` to its attribute and allowed JSON types."""
+    hints = get_type_hints(cls)
+    return {
+        _wire_name(f.name): (f.name, get_args(hints[f.name]) or (hints[f.name],))
+        for f in fields(cls)
+    }
+
+
+# Built once: replaying a long journal parses every record through these.
+_SCHEMAS = {name: _schema(cls) for name, cls in EVENT_TYPES.items()}
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
     """Return ``event`` in the wire and journal shape of docs/protocol.md."""
     name = _TYPE_NAMES.get(type(event))
@@ -330,13 +343,12 @@ def event_from_dict(data: Any) -> Event:
     if cls is None:
         raise ValueError(f"unknown event type {name!r}")
 
-    wire_to_attr = {_wire_name(f.name): f.name for f in fields(cls)}
-    _check_keys(name, set(data) - {"type"}, set(wire_to_attr))
+    schema = _SCHEMAS[name]
+    _check_keys(name, set(data) - {"type"}, set(schema))
 
-    hints = get_type_hints(cls)
     values = {
-        attr: _value_from_wire(name, wire, data[wire], hints[attr])
-        for wire, attr in wire_to_attr.items()
+        attr: _value_from_wire(name, wire, data[wire], allowed)
+        for wire, (attr, allowed) in schema.items()
     }
     return cls(**values)
 
@@ -348,9 +360,10 @@ def _check_keys(name: str, given: set[str], expected: set[str]) -> None:
         raise ValueError(f"{name} event has unknown {', '.join(sorted(extra))}")
 
 
-def _value_from_wire(name: str, wire: str, value: Any, hint: Any) -> Any:
+def _value_from_wire(
+    name: str, wire: str, value: Any, allowed: tuple[type, ...]
+) -> Any:
     """Check one field's JSON value against its annotation and convert money."""
-    allowed = get_args(hint) or (hint,)
     if value is None:
         if type(None) in allowed:
             return None
