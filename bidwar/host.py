@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> HostOptions:
     parser.add_argument(
         "--fps", type=int, default=30, choices=range(1, 61), metavar="1-60"
     )
-    parser.add_argument("--bitrate-kbps", type=int, default=1500)
+    parser.add_argument("--bitrate-kbps", type=int, default=1000)
     parser.add_argument("--room", default="main")
     parser.add_argument("--cafile", type=Path, help="trust this certificate")
     parser.add_argument(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from bidwar import tls  # noqa: E402
 from bidwar.signaling import SignalingConfig, serve_signaling  # noqa: E402
 
 HOST_KEY = "bench-host-key"
+HOST_REPORT = re.compile(r"encoding ([0-9.]+) fps")
 FIRST_FRAME_TIMEOUT_S = 30.0
 
 
@@ -58,6 +60,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--bitrate-kbps", type=int, default=1000)
     parser.add_argument("--farms", type=int, default=2, help="viewer processes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     # Internal: run as a viewer farm.
@@ -72,6 +75,7 @@ def _parse_args() -> argparse.Namespace:
 
 async def _run_bench(args: argparse.Namespace) -> int:
     counts = [int(part) for part in args.viewers.split(",")]
+    load_before = os.getloadavg()[0]  # other work on the machine, not ours
     with tempfile.TemporaryDirectory() as data:
         cert, key = tls.ensure_self_signed(Path(data))
         async with trio.open_nursery() as nursery:
@@ -84,27 +88,42 @@ async def _run_bench(args: argparse.Namespace) -> int:
                 )
             )
             url = f"wss://127.0.0.1:{port}/"
-            host = _start_host(url, cert, args)
+            host_log = Path(data) / "host.log"
+            host = _start_host(url, cert, args, host_log)
             try:
-                results = [await _measure(n, url, cert, host, args) for n in counts]
+                results = []
+                for n in counts:
+                    result = await _measure(n, url, cert, host, args)
+                    result["host_encode_fps"] = _host_fps(host_log, args.seconds)
+                    results.append(result)
             finally:
                 host.terminate()
                 host.wait(10)
             nursery.cancel_scope.cancel()
 
-    _print_table(results, args)
+    _print_table(results, args, load_before)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
-def _start_host(url: str, cert: Path, args: argparse.Namespace) -> subprocess.Popen:
+def _start_host(
+    url: str, cert: Path, args: argparse.Namespace, log: Path
+) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "bidwar.host", "--signaling", url,
         "--host-key", HOST_KEY, "--camera", "fake", "--size", args.size,
-        "--fps", str(args.fps), "--cafile", str(cert), "--report-interval", "0",
+        "--fps", str(args.fps), "--cafile", str(cert), "--report-interval", "1",
+        "--bitrate-kbps", str(args.bitrate_kbps),
     ]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, cwd=REPO, stderr=log.open("w"))
+
+
+def _host_fps(log: Path, seconds: float) -> float | None:
+    # The host logs its encoding rate every second; average the last window.
+    rates = [float(m.group(1)) for m in HOST_REPORT.finditer(log.read_text())]
+    window = rates[-max(1, int(seconds) - 1) :]
+    return round(statistics.fmean(window), 1) if window else None
 
 
 async def _measure(
@@ -168,19 +187,20 @@ def _percentile(ordered: list[float], percent: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, round(percent / 100 * len(ordered)))])
 
 
-def _print_table(results: list[dict], args: argparse.Namespace) -> None:
+def _print_table(results: list[dict], args: argparse.Namespace, load: float) -> None:
     print(
-        f"\n{args.size} at {args.fps} fps, {args.seconds:.0f} s per row, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"
+        f"\n{args.size} at {args.fps} fps and {args.bitrate_kbps} kbit/s, "
+        f"{args.seconds:.0f} s per row, "
+        f"{os.cpu_count()} CPUs, load average before the run {load:.1f}\n"
     )
     print(
-        "| viewers | host CPU % | viewer procs CPU % | fps min / mean | "
-        "first frame mean / max | glass-to-glass p50 / p95 |"
+        "| viewers | host CPU % | host encode fps | viewer procs CPU % | "
+        "fps min / mean | first frame mean / max | glass-to-glass p50 / p95 |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['viewers']} | {r['host_cpu_percent']} | "
+            f"| {r['viewers']} | {r['host_cpu_percent']} | {r['host_encode_fps']} | "
             f"{r['viewer_processes_cpu_percent']} | {r['fps_min']} / {r['fps_mean']} | "
             f"{r['first_frame_s_mean']} s / {r['first_frame_s_max']} s | "
             f"{r['latency_p50_ms']} / {r['latency_p95_ms']} ms |"

@@ -30,7 +30,7 @@ class EncoderConfig:
     width: int = 640
     height: int = 480
     fps: int = 30
-    bitrate_bps: int = 1_500_000
+    bitrate_bps: int = 1_000_000
     keyframe_interval_s: float = 1.0
 
 

@@ -55,7 +55,7 @@ class PublisherConfig:
     width: int = 640
     height: int = 480
     fps: int = 30
-    bitrate_bps: int = 1_500_000
+    bitrate_bps: int = 1_000_000
     keyframe_interval_s: float = 1.0
     viewer_queue_frames: int = 8
     answer_timeout_s: float = 10.0
