@@ -301,7 +301,7 @@ def _wire_name(field_name: str) -> str:
 
 
 def _schema(cls: type) -> dict[str, tuple[str, tuple[type, ...]]]:
-    """Map each wire name of ``cls`` to its attribute and allowed JSON types."""
+    """Map each wire name of ``cls`` to its attribute and allowed Python types."""
     hints = get_type_hints(cls)
     return {
         _wire_name(f.name): (f.name, get_args(hints[f.name]) or (hints[f.name],))
@@ -347,7 +347,7 @@ def event_from_dict(data: Any) -> Event:
     _check_keys(name, set(data) - {"type"}, set(schema))
 
     values = {
-        attr: _value_from_wire(name, wire, data[wire], allowed)
+        attr: _value_from_wire(f"{name}.{wire}", attr, data[wire], allowed)
         for wire, (attr, allowed) in schema.items()
     }
     return cls(**values)
@@ -361,27 +361,30 @@ def _check_keys(name: str, given: set[str], expected: set[str]) -> None:
 
 
 def _value_from_wire(
-    name: str, wire: str, value: Any, allowed: tuple[type, ...]
+    where: str, attr: str, value: Any, allowed: tuple[type, ...]
 ) -> Any:
-    """Check one field's JSON value against its annotation and convert money."""
+    """Check one field's JSON value against its annotation and convert money.
+
+    ``where`` names the field for error messages ("bid.amount").
+    """
     if value is None:
         if type(None) in allowed:
             return None
-        raise ValueError(f"{name}.{wire} may not be null")
+        raise ValueError(f"{where} may not be null")
 
-    if wire in ("starting_price", "increment", "amount", "price"):
+    if attr.endswith("_cents"):
         try:
             return parse_amount(value)
         except ValueError as error:
-            raise ValueError(f"{name}.{wire}: {error}") from None
+            raise ValueError(f"{where}: {error}") from None
 
     # Exact type match: JSON true must not pass for 1, nor 1 for true.
     if type(value) not in allowed:
-        raise ValueError(f"{name}.{wire} has the wrong type")
-    if wire in _CHOICES and value not in _CHOICES[wire]:
-        raise ValueError(f"{name}.{wire} may not be {value!r}")
-    if wire in ("seq", "lot") and value < 1:
-        raise ValueError(f"{name}.{wire} must be at least 1")
+        raise ValueError(f"{where} has the wrong type")
+    if attr in _CHOICES and value not in _CHOICES[attr]:
+        raise ValueError(f"{where} may not be {value!r}")
+    if attr in ("seq", "lot") and value < 1:
+        raise ValueError(f"{where} must be at least 1")
     return value
 
 
@@ -538,8 +541,8 @@ class Auction:
         self._chat: deque[ChatPosted] = deque(maxlen=rules.chat_history)
         self._results: deque[LotClosed] = deque(maxlen=rules.results_history)
 
-        # Names that ever bid or chatted: grows with the number of distinct
-        # participants, which the service already bounds by admitting names.
+        # Names that ever bid or chatted, kept for the auction's whole life
+        # because a name stays reserved once used (docs/protocol.md, hello).
         self._participants: set[str] = set()
 
         # Accepted bids by (bidder, request id), for the current and the
@@ -749,6 +752,8 @@ class Auction:
         lot = self._lot
         if lot is None:
             return _reject("no_lot", "no lot has been opened yet")
+        if command.lot is not None and not _is_int(command.lot):
+            return _reject("invalid_request", "lot must be a lot number")
         if command.lot is not None and command.lot != lot.number:
             return _reject(
                 "wrong_lot", f"lot {command.lot} is not the current lot ({lot.number})"

@@ -273,6 +273,10 @@ def test_bid_naming_another_lot_is_wrong_lot():
     assert reject(opened(), bid("ann", 1000, lot=2)) == "wrong_lot"
 
 
+def test_bid_naming_a_lot_with_a_non_number_is_invalid_request():
+    assert reject(opened(), bid("ann", 1000, lot=True)) == "invalid_request"
+
+
 def test_bid_naming_the_current_lot_is_accepted():
     accept(opened(), bid("ann", 1000, lot=1))
 
