@@ -40,7 +40,7 @@ from bidwar.loadtest.wire_client import Target
 log = logging.getLogger("bidwar.loadtest")
 
 # Slack after the lot for the last replies, the close handshake and draining.
-WIND_DOWN_S = 30.0
+WIND_DOWN_S = 45.0
 CLOSE_WAIT_S = 15.0
 
 

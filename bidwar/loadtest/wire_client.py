@@ -19,7 +19,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    DisconnectionTimeout,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from bidwar.loadtest.client_state import LotView, Request, RequestLedger, SeqTracker
 from bidwar.loadtest.metrics import GroupTally
@@ -73,18 +78,27 @@ class WireClient:
         Raises ``trio_websocket.HandshakeError`` or ``OSError`` when the
         connection cannot be made.
         """
-        async with open_websocket_url(
-            self.target.url,
-            self.target.ssl_context,
-            connect_timeout=self.target.connect_timeout_s,
-            disconnect_timeout=self.target.close_timeout_s,
-            message_queue_size=message_queue_size,
-            receive_buffer_size=None,
-        ) as websocket:
-            self.tally.connections_made += 1
-            yield websocket
-            if websocket.closed is None:
-                self.tally.closes["client"] += 1
+        left_cleanly = False
+        try:
+            async with open_websocket_url(
+                self.target.url,
+                self.target.ssl_context,
+                connect_timeout=self.target.connect_timeout_s,
+                disconnect_timeout=self.target.close_timeout_s,
+                message_queue_size=message_queue_size,
+                receive_buffer_size=None,
+            ) as websocket:
+                self.tally.connections_made += 1
+                yield websocket
+                left_cleanly = True
+                if websocket.closed is None:
+                    self.tally.closes["client"] += 1
+        except DisconnectionTimeout:
+            if not left_cleanly:
+                raise  # never swallow what the body raised (a cancellation)
+            # Our close frame was not answered in time: the connection is
+            # over all the same, and it is not a failure to connect.
+            self.tally.closes["close timed out"] += 1
 
     async def join(self, websocket: WebSocketConnection) -> dict[str, Any]:
         """Send ``hello`` (resuming when a session is known); return the result.
