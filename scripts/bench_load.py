@@ -45,6 +45,9 @@ TARGETS = {
 
 def main() -> int:
     args = _parse_args()
+    if args.replot is not None:
+        _plot(json.loads(args.replot.read_text())["runs"], args.plot)
+        return 0
     runs = _plan(args)
     results = []
     for label, options in runs:
@@ -75,6 +78,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-load.json"))
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "load-latency.png")
     parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    parser.add_argument(
+        "--replot", type=Path, help="only redraw the plot from this JSON"
+    )
     return parser.parse_args()
 
 
@@ -233,8 +239,10 @@ def _plot(results: list[dict], path: Path) -> None:
             values = [_figure(r, "normal", kind, p) for r in wars]
             label = f"{kind.removesuffix('_ms')} {p.removesuffix('_ms')}"
             axis.plot(bidders, values, style, marker="o", color=colour, label=label)
-    axis.axhline(50, color="tab:blue", linewidth=0.6, alpha=0.5)
-    axis.axhline(100, color="tab:orange", linewidth=0.6, alpha=0.5)
+    axis.axhline(50, color="tab:blue", linewidth=0.8, alpha=0.5, label="ack p99 target")
+    axis.axhline(
+        100, color="tab:orange", linewidth=0.8, alpha=0.5, label="broadcast p99 target"
+    )
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("bidders (log)")
