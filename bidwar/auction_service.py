@@ -37,6 +37,9 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 4001
 CLOSE_IDLE = 4002
 
+# Frames sent together in one WebSocket message when several are waiting.
+MAX_FRAMES_PER_MESSAGE = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class AuctionServiceConfig:
@@ -50,6 +53,8 @@ class AuctionServiceConfig:
     send_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
     pong_timeout_s: float = 20.0
+    # From TCP accept to the end of the WebSocket upgrade, then to hello.
+    handshake_timeout_s: float = 10.0
     hello_timeout_s: float = 10.0
     close_timeout_s: float = 1.0
     max_bad_frames: int = 20
@@ -83,8 +88,7 @@ async def serve_auction(
 
         open_connections += 1
         try:
-            websocket = await request.accept()
-            await Connection(websocket, room, config).serve()
+            await serve_connection(request, room, config)
         finally:
             open_connections -= 1
 
@@ -96,6 +100,7 @@ async def serve_auction(
                 config.port,
                 ssl_context=ssl_context,
                 max_message_size=config.max_message_bytes,
+                connect_timeout=config.handshake_timeout_s,
                 task_status=task_status,
             )
         )
@@ -103,6 +108,25 @@ async def serve_auction(
         scheme = "wss" if ssl_context else "ws"
         log.info("auction service listening on %s://%s:%d/", scheme, config.bind, port)
         task_status.started(port)
+
+
+async def serve_connection(
+    request: WebSocketRequest, room: AuctionRoom, config: AuctionServiceConfig
+) -> None:
+    """Accept one client and serve it until it leaves.
+
+    Never raises except for cancellation: whatever goes wrong with one
+    connection (a peer that resets mid-handshake, or a bug) is logged and
+    stays with that connection, because an exception escaping a handler
+    would stop the whole server.
+    """
+    try:
+        websocket = await request.accept()
+        await Connection(websocket, room, config).serve()
+    except* (ConnectionClosed, OSError, trio.BrokenResourceError) as group:
+        log.info("a connection dropped during its handshake: %r", group.exceptions[0])
+    except* Exception as group:
+        log.error("a connection failed; the others carry on", exc_info=group)
 
 
 class Connection:
@@ -125,6 +149,9 @@ class Connection:
         self._config = config
         self._session: Session | None = None
         self._close_code = CLOSE_NORMAL
+        # One deadline for the whole wait: frames that are not a hello do not
+        # buy a client more time.
+        self._hello_deadline = trio.current_time() + config.hello_timeout_s
         self._close_reason: str | None = None
         self._bad_frames = 0
         self._tasks = trio.CancelScope()
@@ -142,8 +169,7 @@ class Connection:
 
     async def serve(self) -> None:
         """Run until the client leaves or is closed; always closes the socket."""
-        remote = self._websocket.remote
-        log.info("[%s] connected from %s", self.connection_id, _address(remote))
+        log.info("[%s] connected from %s", self.connection_id, self._peer_address())
         try:
             with self._tasks:
                 async with trio.open_nursery() as nursery:
@@ -162,6 +188,15 @@ class Connection:
                 self._room.leave(self._session, self)
             await self._close()
 
+    def _peer_address(self) -> str:
+        try:
+            endpoint = self._websocket.remote
+        except OSError:
+            return "a peer already gone"  # reset before we asked (ENOTCONN)
+        address = getattr(endpoint, "address", None)
+        port = getattr(endpoint, "port", None)
+        return f"{address}:{port}" if address else str(endpoint)
+
     # --------------------------------------------------------------- reading
 
     async def _read_loop(self) -> None:
@@ -179,7 +214,7 @@ class Connection:
     async def _receive(self) -> str | bytes | None:
         if self._session is not None:
             return await self._websocket.get_message()
-        with trio.move_on_after(self._config.hello_timeout_s):
+        with trio.move_on_at(self._hello_deadline):
             return await self._websocket.get_message()
         return None
 
@@ -238,14 +273,22 @@ class Connection:
 
     async def _write_loop(self) -> None:
         while True:
-            frame = await self.outbox.next_frame()
-            with trio.move_on_after(self._config.send_timeout_s) as timer:
+            first = await self.outbox.next_frame()
+            # Everything else already queued rides in the same WebSocket
+            # message, one JSON object per line: under load a connection then
+            # costs one TLS write per turn instead of one per event.
+            frames = [first, *self.outbox.take_ready(MAX_FRAMES_PER_MESSAGE - 1)]
+            with trio.CancelScope(shield=True) as sending:
+                # Shielded: a send cut off halfway leaves the TLS stream
+                # unusable, and then not even the close frame could follow.
+                # The deadline still bounds it.
+                sending.deadline = trio.current_time() + self._config.send_timeout_s
                 try:
-                    await self._websocket.send_message(frame)
+                    await self._websocket.send_message("\n".join(frames))
                 except ConnectionClosed:
                     self._tasks.cancel()
                     return
-            if timer.cancelled_caught:
+            if sending.cancelled_caught:
                 log.warning(
                     "[%s] closing: sending stalled for %.0f s",
                     self.connection_id,
@@ -285,18 +328,17 @@ class Connection:
         with trio.CancelScope(shield=True):
             if self._close_reason and self._close_code != CLOSE_NORMAL:
                 with trio.move_on_after(step_s):
-                    await self._send_bye()
+                    await self._send_queued_and_bye()
             with trio.move_on_after(step_s):
                 await self._websocket.aclose(self._close_code, self._close_reason)
 
-    async def _send_bye(self) -> None:
+    async def _send_queued_and_bye(self) -> None:
+        """Deliver what is already owed (say, the rejection of the frame that
+        crossed the bad-frame limit), then say why we are closing."""
+        frames = []
+        if self._close_code not in (CLOSE_TOO_SLOW, CLOSE_IDLE):
+            frames = self.outbox.take_ready()
+        frames.append(protocol.encode({"type": "bye", "reason": self._close_reason}))
         with contextlib.suppress(ConnectionClosed):
-            await self._websocket.send_message(
-                protocol.encode({"type": "bye", "reason": self._close_reason})
-            )
-
-
-def _address(endpoint: object) -> str:
-    address = getattr(endpoint, "address", None)
-    port = getattr(endpoint, "port", None)
-    return f"{address}:{port}" if address else str(endpoint)
+            for frame in frames:
+                await self._websocket.send_message(frame)

@@ -26,13 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
+from bidwar import connect
 from bidwar.view import AuctionView, SequenceGap
 
 log = logging.getLogger("bidwar.client")
@@ -55,6 +51,18 @@ class _ResyncNeeded(Exception):
 
 class ConnectionLost(Exception):
     """The connection ended for good (closed by the server, or reconnect is off)."""
+
+
+# Failures after which the client tries again (when it has joined before).
+_RETRYABLE = (
+    OSError,
+    connect.ConnectError,
+    HandshakeError,
+    ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    _ResyncNeeded,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +110,8 @@ class BidderClient:
         self._websocket: WebSocketConnection | None = None
         self._closing = False
         self._started = False
+        self._stopped = trio.Event()
+        self._interrupt: trio.CancelScope | None = None
 
     # ------------------------------------------------------------ requests
 
@@ -143,58 +153,73 @@ class BidderClient:
         :class:`ConnectionLost` when the server ends the session for good.
         """
         attempt = 0
-        while not self._closing:
-            try:
-                await self._connect_once(task_status, attempt)
-                attempt = 0
-            except (
-                OSError,
-                HandshakeError,
-                ConnectionClosed,
-                trio.BrokenResourceError,
-                trio.TooSlowError,
-                _ResyncNeeded,
-            ) as error:
+        try:
+            while not self._closing:
+                try:
+                    await self._connect_once(task_status, attempt)
+                    attempt = 0
+                except _RETRYABLE as error:
+                    if self._closing:
+                        return
+                    if not self._started or not self._should_retry(error):
+                        raise ConnectionLost(_describe(error)) from None
+                finally:
+                    self._websocket = None
                 if self._closing:
                     return
-                if not self._started or not self._should_retry(error):
-                    raise ConnectionLost(_describe(error)) from None
-            finally:
-                self._websocket = None
-            if self._closing:
-                return
-            attempt += 1
-            delay = self._backoff(attempt)
-            self._on_status(f"reconnecting (attempt {attempt}, in {delay:.1f} s)")
-            await trio.sleep(delay)
+                attempt += 1
+                delay = self._backoff(attempt)
+                self._on_status(f"reconnecting (attempt {attempt}, in {delay:.1f} s)")
+                with self._interruptible():
+                    await trio.sleep(delay)
+        finally:
+            self._stopped.set()
 
     async def close(self) -> None:
-        """Leave: close the connection normally (code 1000)."""
+        """Leave: close the connection normally (code 1000) and stop :meth:`run`.
+
+        Returns once ``run()`` has finished, or after two seconds.
+        """
         self._closing = True
-        websocket = self._websocket
-        if websocket is not None:
-            with trio.move_on_after(2):
-                await websocket.aclose(1000, "bye")
+        if self._interrupt is not None:
+            self._interrupt.cancel()
+        with trio.move_on_after(2):
+            await self._stopped.wait()
+
+    def _interruptible(self) -> trio.CancelScope:
+        """A scope that :meth:`close` cancels: the receive loop or a backoff.
+
+        Only that wait is cancelled, not the connection's own tasks, so the
+        closing handshake can still complete on the way out.
+        """
+        self._interrupt = trio.CancelScope()
+        if self._closing:
+            self._interrupt.cancel()
+        return self._interrupt
 
     async def _connect_once(self, task_status: Any, attempt: int) -> None:
-        # open_websocket_url owns the connection's reader task and re-raises
-        # a single failure as itself, not wrapped in an exception group.
-        async with open_websocket_url(
+        async with connect.open_websocket(
             self.config.url,
-            ssl_context=self.config.ssl_context,
-            max_message_size=self.config.max_message_bytes,
-            connect_timeout=self.config.connect_timeout_s,
-            disconnect_timeout=1,
+            self.config.ssl_context,
+            timeout_s=self.config.connect_timeout_s,
+            max_message_bytes=self.config.max_message_bytes,
         ) as websocket:
-            await self._join(websocket, resumed=attempt > 0)
+            following = await self._join(websocket, resumed=attempt > 0)
             self._websocket = websocket
+            for frame in following:
+                self._handle_frame(frame)
             if not self._started:
                 self._started = True
                 task_status.started()
             await self._resend_pending(websocket)
-            await self._receive_loop(websocket)
+            with self._interruptible():
+                await self._receive_loop(websocket)
 
-    async def _join(self, websocket: WebSocketConnection, resumed: bool) -> None:
+    async def _join(
+        self, websocket: WebSocketConnection, resumed: bool
+    ) -> list[dict[str, Any]]:
+        """Say hello; return the frames that came in the same message after
+        the reply (the snapshot or the first replayed events)."""
         hello: dict[str, Any] = {
             "type": "hello",
             "id": "hello",
@@ -205,7 +230,7 @@ class BidderClient:
 
         sent_at = _local_ms()
         await websocket.send_message(json.dumps(hello))
-        reply = json.loads(await websocket.get_message())
+        reply, *following = _frames(await websocket.get_message())
         if reply.get("id") != "hello":
             raise ConnectionLost(f"the server answered hello with {reply!r}")
         if reply.get("type") != "accepted":
@@ -217,6 +242,7 @@ class BidderClient:
         self.view.set_clock(result["server_time_ms"], sent_at, _local_ms())
         if resumed:
             self._on_status(f"reconnected (resuming after event {self.view.last_seq})")
+        return following
 
     async def _resend_pending(self, websocket: WebSocketConnection) -> None:
         for pending in list(self._pending.values()):
@@ -225,8 +251,9 @@ class BidderClient:
 
     async def _receive_loop(self, websocket: WebSocketConnection) -> None:
         while True:
-            frame = json.loads(await websocket.get_message())
-            self._handle_frame(frame)
+            # One message may carry several frames, one JSON object per line.
+            for frame in _frames(await websocket.get_message()):
+                self._handle_frame(frame)
 
     def _handle_frame(self, frame: dict[str, Any]) -> None:
         try:
@@ -269,6 +296,11 @@ class BidderClient:
         # Full jitter: a room of bidders dropped together must not reconnect
         # together.
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _frames(message: str | bytes) -> list[dict[str, Any]]:
+    """The frames in one server message: one JSON object per line."""
+    return [json.loads(line) for line in message.splitlines()]
 
 
 def _describe(error: BaseException) -> str:

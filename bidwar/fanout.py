@@ -118,6 +118,17 @@ class Outbox:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
+    def take_ready(self, limit: int | None = None) -> list[str]:
+        """What :meth:`next_frame` would return now (up to ``limit``), without
+        waiting."""
+        frames: list[str] = []
+        while limit is None or len(frames) < limit:
+            frame = self._take()
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
     @property
     def last_sent_seq(self) -> int:
         """The newest event seq handed to the writer (directly or by snapshot)."""

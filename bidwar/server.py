@@ -76,7 +76,9 @@ async def run_server(
     store = await trio.to_thread.run_sync(journal.SqliteStore.open, config.data_dir)
     try:
         recovery = await trio.to_thread.run_sync(store.load)
-        durable = _replay(config.rules, recovery.records)
+        # One chat limit for the protocol check and the rules engine.
+        rules = dataclasses.replace(config.rules, max_chat_chars=config.max_chat_chars)
+        durable = _replay(rules, recovery.records)
         clock = ServerClock()
         committer = journal.GroupCommitter(store)
 
@@ -92,7 +94,7 @@ async def run_server(
                     host_key=config.host_key,
                     session_secret=secret,
                     max_chat_chars=config.max_chat_chars,
-                    rules=config.rules,
+                    rules=rules,
                 ),
                 clock,
                 committer,
@@ -299,10 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     if generated_key:
         # Printed once, to the terminal only: it is never written to disk.
         print(f"host key (give it to the host): {config.host_key}", flush=True)
+    failure: BaseException | None = None
     try:
         trio.run(_serve_until_signalled, config)
-    except (StartupError, journal.JournalError, tls.TLSSetupError, OSError) as error:
-        log.error("cannot start: %s", error)
+    except* (StartupError, journal.JournalError, tls.TLSSetupError, OSError) as group:
+        # The nursery delivers start-up errors inside an exception group.
+        failure = group.exceptions[0]
+    if failure is not None:
+        log.error("cannot start: %s", failure)
         return 2
     log.info("stopped")
     return 0

@@ -46,13 +46,18 @@ class RawClient:
         self.websocket = websocket
         self.frames: list[dict[str, Any]] = []  # everything received, in order
         self._unclaimed: list[dict[str, Any]] = []  # not yet returned by a wait
+        self._batched: list[dict[str, Any]] = []  # read, not yet received
 
     async def send(self, frame: dict[str, Any] | str) -> None:
         text = frame if isinstance(frame, str) else json.dumps(frame)
         await self.websocket.send_message(text)
 
     async def receive(self) -> dict[str, Any]:
-        frame = json.loads(await self.websocket.get_message())
+        if not self._batched:
+            # One message may carry several frames, one JSON object per line.
+            message = await self.websocket.get_message()
+            self._batched.extend(json.loads(line) for line in message.splitlines())
+        frame = self._batched.pop(0)
         self.frames.append(frame)
         return frame
 

@@ -170,9 +170,12 @@ class WireClient:
     # ---------------------------------------------------------------- frames
 
     def handle_frame(self, text: str | bytes) -> None:
-        """Check and dispatch one server frame."""
+        """Check and dispatch one server message (one frame per line)."""
         received_ms = time.time() * 1000
-        data = json.loads(text)
+        for line in text.splitlines():
+            self._handle_one(json.loads(line), received_ms)
+
+    def _handle_one(self, data: dict[str, Any], received_ms: float) -> None:
         self.messages += 1
         kind = data["type"]
 

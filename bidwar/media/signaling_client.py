@@ -13,6 +13,8 @@ from typing import Any
 import trio
 import trio_websocket
 
+from bidwar import connect
+
 log = logging.getLogger("bidwar.media.signaling")
 
 CONNECT_TIMEOUT_S = 10.0
@@ -91,7 +93,10 @@ async def open_signaling(
         raise SignalingError(f"bad signaling URL {url!r}: expected wss://HOST:PORT/")
 
     async with trio.open_nursery() as nursery:
-        stream = await _connect(parts, ssl_context)
+        try:
+            stream = await connect.open_stream(url, ssl_context, CONNECT_TIMEOUT_S)
+        except connect.ConnectError as error:
+            raise SignalingError(str(error)) from None
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 websocket = await trio_websocket.wrap_client_stream(
@@ -109,33 +114,6 @@ async def open_signaling(
         finally:
             await _say_goodbye(websocket)
             nursery.cancel_scope.cancel()
-
-
-async def _connect(
-    parts: urllib.parse.SplitResult, ssl_context: ssl.SSLContext | None
-) -> trio.abc.Stream:
-    # The TLS handshake is done here rather than inside trio-websocket, which
-    # reports a failed one (say, an untrusted certificate) only as a timeout.
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    host = parts.hostname or ""
-    where = f"{parts.scheme}://{parts.netloc}/"
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT_S):
-            if not secure:
-                return await trio.open_tcp_stream(host, port)
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl_context or ssl.create_default_context()
-            )
-            await stream.do_handshake()
-            return stream
-    except trio.TooSlowError:
-        raise SignalingError(f"cannot reach signaling at {where}: timed out") from None
-    except trio.BrokenResourceError as error:
-        cause = error.__cause__ or error
-        raise SignalingError(f"TLS with {where} failed: {cause}") from None
-    except OSError as error:
-        raise SignalingError(f"cannot reach signaling at {where}: {error}") from None
 
 
 async def _join(
