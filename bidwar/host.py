@@ -16,7 +16,9 @@ from pathlib import Path
 import trio
 
 from bidwar import tls
+from bidwar.logs import setup_logging
 from bidwar.media.camera import CameraError, default_camera_spec, open_camera
+from bidwar.media.cli import add_connection_options
 from bidwar.media.publisher import Publisher, PublisherConfig
 from bidwar.media.signaling_client import SignalingError
 from bidwar.media.terminate import run_until_terminated
@@ -52,18 +54,7 @@ def parse_args(argv: list[str] | None = None) -> HostOptions:
         "--fps", type=int, default=30, choices=range(1, 61), metavar="1-60"
     )
     parser.add_argument("--bitrate-kbps", type=int, default=1000)
-    parser.add_argument("--room", default="main")
-    parser.add_argument("--cafile", type=Path, help="trust this certificate")
-    parser.add_argument(
-        "--insecure", action="store_true", help="do not check the server's certificate"
-    )
-    parser.add_argument(
-        "--report-interval",
-        type=float,
-        default=5.0,
-        help="seconds between status lines (0: none)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_connection_options(parser)
     args = parser.parse_args(argv)
 
     width, height = args.size
@@ -82,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> HostOptions:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    _configure_logging(options.verbose)
+    setup_logging(options.verbose)
     config = options.publisher
 
     try:
@@ -118,16 +109,6 @@ def _size(text: str) -> tuple[int, int]:
     if not (16 <= width <= 3840 and 16 <= height <= 2160) or width % 2 or height % 2:
         raise argparse.ArgumentTypeError("sizes are even, from 16x16 to 3840x2160")
     return width, height
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    # aiortc and aioice narrate every ICE check at INFO.
-    for noisy in ("aioice", "aiortc", "asyncio", "trio-websocket"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

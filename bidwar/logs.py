@@ -14,5 +14,5 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:
         # aiortc and the WebSocket library are chatty at INFO; their
         # warnings still come through.
-        for noisy in ("aioice", "aiortc", "trio-websocket", "libav"):
+        for noisy in ("aioice", "aiortc", "asyncio", "trio-websocket", "libav"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

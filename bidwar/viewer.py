@@ -18,6 +18,8 @@ from pathlib import Path
 import trio
 
 from bidwar import tls
+from bidwar.logs import setup_logging
+from bidwar.media.cli import add_connection_options
 from bidwar.media.display import display_available
 from bidwar.media.signaling_client import SignalingError
 from bidwar.media.terminate import run_until_terminated
@@ -43,21 +45,10 @@ def parse_args(argv: list[str] | None = None) -> ViewerOptions:
         prog="python -m bidwar.viewer", description="Watch the host's live video."
     )
     parser.add_argument("--signaling", required=True, help="wss://HOST:8766/")
-    parser.add_argument("--room", default="main")
     parser.add_argument("--record", type=Path, help="also write the video to FILE.mp4")
     parser.add_argument("--frames", type=_positive, help="stop after N frames")
     parser.add_argument("--headless", action="store_true", help="never open a window")
-    parser.add_argument("--cafile", type=Path, help="trust this certificate")
-    parser.add_argument(
-        "--insecure", action="store_true", help="do not check the server's certificate"
-    )
-    parser.add_argument(
-        "--report-interval",
-        type=float,
-        default=5.0,
-        help="seconds between status lines (0: none)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_connection_options(parser)
     args = parser.parse_args(argv)
 
     watcher = WatcherConfig(
@@ -73,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> ViewerOptions:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    _configure_logging(options.verbose)
+    setup_logging(options.verbose)
     try:
         ssl_context = tls.client_context(options.cafile, insecure=options.insecure)
     except tls.TLSSetupError as error:
@@ -103,15 +94,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    for noisy in ("aioice", "aiortc", "asyncio", "trio-websocket"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
