@@ -567,6 +567,21 @@ async def test_wrong_session_token_is_bad_session(net_clock, scene, token):
         await scene.assert_unharmed(before)
 
 
+@pytest.mark.xfail(
+    reason="room._check_token passes str tokens to hmac.compare_digest, which "
+    "raises TypeError for non-ASCII str: the hello gets no reply and the "
+    "connection is dropped (the host key check encodes to bytes first)",
+    strict=True,
+)
+@pytest.mark.parametrize("token", ["é", "tökén-" + "x" * 20, "\u202e"])
+async def test_a_non_ascii_session_token_is_bad_session(net_clock, scene, token):
+    async with scene.connect() as mallory:
+        before = await scene.checkpoint()
+        reply = await mallory.request("hello", "n1", name="mallory", session=token)
+        assert_rejected(reply, "n1", "bad_session")
+        await scene.assert_unharmed(before)
+
+
 async def test_someone_elses_token_does_not_take_over_their_connection(
     net_clock, scene
 ):
@@ -646,12 +661,6 @@ async def test_too_many_bad_frames_close_with_1008(net_clock, scene):
     await scene.assert_unharmed(before, bidders_change=-1)
 
 
-@pytest.mark.xfail(
-    reason="close_soon() cancels the writer before it sends the rejection "
-    "already queued for the frame that crossed the limit (auction_service "
-    "_handle_frame/_count_bad_frame), so that frame gets no reply",
-    strict=True,
-)
 async def test_the_frame_that_crosses_the_bad_frame_limit_still_gets_its_reply(
     net_clock, scene
 ):
@@ -895,13 +904,6 @@ async def test_plain_websocket_client_on_the_tls_port_fails_and_harms_nobody(
     await scene.assert_unharmed(before)
 
 
-@pytest.mark.xfail(
-    reason="serve_auction passes no connect_timeout to serve_websocket, so a "
-    "socket that never completes the TLS/WebSocket handshake is held for "
-    "trio-websocket's default 60 s, and such sockets are not counted against "
-    "max_connections",
-    strict=True,
-)
 async def test_a_socket_that_never_completes_the_handshake_is_closed_promptly(
     net_clock, scene
 ):
@@ -910,7 +912,9 @@ async def test_a_socket_that_never_completes_the_handshake_is_closed_promptly(
         opened_at = trio.current_time()
         with trio.move_on_after(LIBRARY_HANDSHAKE_TIMEOUT_S + 5):
             await read_until_eof(stream)
-        assert trio.current_time() - opened_at <= HELLO_TIMEOUT_S + 1
+        # The service's handshake timeout (10 s by default), not the
+        # library's 60 s.
+        assert trio.current_time() - opened_at <= 10 + 1
 
 
 async def test_a_client_that_never_says_hello_is_closed_after_the_timeout(
@@ -927,11 +931,6 @@ async def test_a_client_that_never_says_hello_is_closed_after_the_timeout(
     await scene.assert_unharmed(before)
 
 
-@pytest.mark.xfail(
-    reason="the hello timeout restarts with every frame (auction_service._receive), "
-    "so a client that never joins but sends a frame now and then is never closed",
-    strict=True,
-)
 async def test_a_client_that_sends_frames_but_never_joins_is_closed_in_time(
     net_clock, scene
 ):
