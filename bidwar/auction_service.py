@@ -11,6 +11,7 @@ that says why (docs/protocol.md, "Close codes").
 
 import contextlib
 import dataclasses
+import gc
 import itertools
 import logging
 import ssl
@@ -39,6 +40,8 @@ CLOSE_IDLE = 4002
 
 # Frames sent together in one WebSocket message when several are waiting.
 MAX_FRAMES_PER_MESSAGE = 256
+# Net new container objects between young garbage collections (default 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,22 +95,25 @@ async def serve_auction(
         finally:
             open_connections -= 1
 
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
-                handle,
-                config.bind,
-                config.port,
-                ssl_context=ssl_context,
-                max_message_size=config.max_message_bytes,
-                connect_timeout=config.handshake_timeout_s,
-                task_status=task_status,
+    with _gc_tuned_for_many_connections():
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    handle,
+                    config.bind,
+                    config.port,
+                    ssl_context=ssl_context,
+                    max_message_size=config.max_message_bytes,
+                    connect_timeout=config.handshake_timeout_s,
+                    task_status=task_status,
+                )
             )
-        )
-        port = server.port
-        scheme = "wss" if ssl_context else "ws"
-        log.info("auction service listening on %s://%s:%d/", scheme, config.bind, port)
-        task_status.started(port)
+            port = server.port
+            scheme = "wss" if ssl_context else "ws"
+            log.info(
+                "auction service listening on %s://%s:%d/", scheme, config.bind, port
+            )
+            task_status.started(port)
 
 
 async def serve_connection(
@@ -127,6 +133,27 @@ async def serve_connection(
         log.info("a connection dropped during its handshake: %r", group.exceptions[0])
     except* Exception as group:
         log.error("a connection failed; the others carry on", exc_info=group)
+
+
+@contextlib.contextmanager
+def _gc_tuned_for_many_connections():
+    """Collect cyclic garbage less often while serving (restored on exit).
+
+    A thousand TLS connections are over a million long-lived objects.  With
+    the default thresholds (700, 10, 10), frames that sit in queues for a few
+    hundred milliseconds survive the young collections and keep triggering
+    full ones: in a 1,000-bidder war that was a full collection every 1-2 s,
+    each stopping the only thread for 200-600 ms, and it found nothing to
+    free.  A larger first generation lets short-lived objects die by
+    reference counting first; full collections then come only from real
+    growth.  Memory stays bounded: the collector still runs, just later.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, previous[1], previous[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 class Connection:
