@@ -24,6 +24,7 @@ from bidwar import money, tls
 from bidwar.client import BidderClient, ClientConfig, ConnectionLost, JoinRefused
 from bidwar.logs import setup_logging
 from bidwar.render import render_frame, render_status
+from bidwar.session_store import SessionStore, default_state_dir
 
 log = logging.getLogger("bidwar.bidder")
 
@@ -37,7 +38,7 @@ commands:
   quit                         leave
   help                         this text
 host only:
-  open [--sudden-death] [--increment X] [--extension S] <starting-price> <seconds> <title...>
+  open [--sudden-death] [--increment X] [--extension S] <price> <seconds> <title...>
   close | pause | resume       end the lot now / freeze / restart the countdown
   increment <amount>           change the minimum raise"""
 
@@ -56,6 +57,8 @@ class BidderConfig:
     insecure: bool
     json_output: bool
     host_key: str | None
+    state_dir: Path
+    resume: bool
 
 
 def parse_command(line: str, host_key: str | None) -> tuple[str, dict[str, Any]] | None:
@@ -166,8 +169,14 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
         context = tls.client_context(config.cafile, insecure=config.insecure)
 
     terminal = Terminal(config.name, config.json_output)
+    sessions = SessionStore(config.state_dir)
     client = BidderClient(
-        ClientConfig(url=config.url, name=config.name, ssl_context=context),
+        ClientConfig(
+            url=config.url,
+            name=config.name,
+            ssl_context=context,
+            session=sessions.load(config.url, config.name) if config.resume else None,
+        ),
         on_frame=lambda frame: terminal.frame(frame, client),
         on_status=terminal.note,
     )
@@ -176,6 +185,7 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
+            sessions.save(config.url, config.name, client.session)
             nursery.start_soon(_announce_ending_soon, client, terminal)
             await _command_loop(client, terminal, config, stdin, nursery)
             await client.drain()
@@ -286,6 +296,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[BidderConfig, bool]:
         default=os.environ.get("BIDWAR_HOST_KEY"),
         help="key used by host_request (also $BIDWAR_HOST_KEY)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="come back as the bidder this machine last was under --name "
+        "(with the session token saved then), taking over if still connected",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where session tokens are kept, so a bidder can come back under "
+        "the same name (default: $XDG_STATE_HOME/bidwar)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.cafile and args.insecure:
@@ -298,6 +321,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BidderConfig, bool]:
         insecure=args.insecure,
         json_output=args.json,
         host_key=args.host_key,
+        state_dir=args.state_dir,
+        resume=args.resume,
     )
     return config, args.verbose
 
@@ -309,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "warning: --insecure: the server's identity is NOT checked", file=sys.stderr
         )
+    code = 0
     try:
-        return trio.run(run_bidder, config)
-    except KeyboardInterrupt:
-        return 130
-    except tls.TLSSetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        code = trio.run(run_bidder, config)
+    except* KeyboardInterrupt:
+        code = 130  # Ctrl-C: leave quietly, as a shell command does
+    except* tls.TLSSetupError as group:
+        print(f"error: {group.exceptions[0]}", file=sys.stderr)
+        code = 2
+    return code
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from bidwar.view import AuctionView, SequenceGap
 log = logging.getLogger("bidwar.client")
 
 # Close codes after which reconnecting would be wrong, not merely futile.
-_FINAL_CLOSE_CODES = {1000, 1008, 4000}
+_FINAL_CLOSE_CODES = {1000, 1008, 1009, 4000}
 
 
 class JoinRefused(Exception):
@@ -75,6 +75,10 @@ class ClientConfig:
     backoff_max_s: float = 5.0
     max_message_bytes: int = 1024 * 1024
     connect_timeout_s: float = 10.0
+    # A session token from an earlier run, to come back as the same bidder.
+    session: str | None = None
+    # The server closes (1009) on larger frames; refuse them here instead.
+    max_request_bytes: int = 16 * 1024
 
 
 @dataclasses.dataclass
@@ -101,7 +105,7 @@ class BidderClient:
     ) -> None:
         self.config = config
         self.view = AuctionView()
-        self.session: str | None = None
+        self.session: str | None = config.session
         self._on_frame = on_frame
         self._on_status = on_status
         self._ids = itertools.count(1)
@@ -111,6 +115,7 @@ class BidderClient:
         self._closing = False
         self._started = False
         self._stopped = trio.Event()
+        self._joined = False
         self._interrupt: trio.CancelScope | None = None
 
     # ------------------------------------------------------------ requests
@@ -123,6 +128,15 @@ class BidderClient:
         """
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         frame = json.dumps({"type": kind, "id": request_id, **fields})
+        if len(frame.encode()) > self.config.max_request_bytes:
+            # Sent, it would get the connection closed, and re-sent after
+            # every reconnect, forever.
+            return {
+                "type": "rejected",
+                "id": request_id,
+                "reason": "too_large",
+                "message": f"at most {self.config.max_request_bytes} bytes a request",
+            }
         pending = _Pending(frame, _local_ms())
         self._pending[request_id] = pending
         try:
@@ -155,9 +169,9 @@ class BidderClient:
         attempt = 0
         try:
             while not self._closing:
+                self._joined = False
                 try:
                     await self._connect_once(task_status, attempt)
-                    attempt = 0
                 except _RETRYABLE as error:
                     if self._closing:
                         return
@@ -167,7 +181,9 @@ class BidderClient:
                     self._websocket = None
                 if self._closing:
                     return
-                attempt += 1
+                # A connection that got as far as joining starts the backoff
+                # over: each outage begins with quick retries.
+                attempt = 1 if self._joined else attempt + 1
                 delay = self._backoff(attempt)
                 self._on_status(f"reconnecting (attempt {attempt}, in {delay:.1f} s)")
                 with self._interruptible():
@@ -204,7 +220,8 @@ class BidderClient:
             timeout_s=self.config.connect_timeout_s,
             max_message_bytes=self.config.max_message_bytes,
         ) as websocket:
-            following = await self._join(websocket, resumed=attempt > 0)
+            following = await self._join(websocket, resumed=self._started)
+            self._joined = True
             self._websocket = websocket
             for frame in following:
                 self._handle_frame(frame)
@@ -226,11 +243,21 @@ class BidderClient:
             "name": self.config.name,
         }
         if self.session is not None:
-            hello.update(session=self.session, last_seq=self.view.last_seq)
+            hello["session"] = self.session
+        if self._started:
+            hello["last_seq"] = self.view.last_seq
 
         sent_at = _local_ms()
         await websocket.send_message(json.dumps(hello))
         reply, *following = _frames(await websocket.get_message())
+        if reply.get("reason") == "bad_session" and not self._started:
+            # A token saved by an earlier run, for another server (or its
+            # data was reset): join afresh instead.
+            log.info("the saved session was refused; joining without it")
+            self.session = None
+            hello.pop("session")
+            await websocket.send_message(json.dumps({**hello, "id": "hello"}))
+            reply, *following = _frames(await websocket.get_message())
         if reply.get("id") != "hello":
             raise ConnectionLost(f"the server answered hello with {reply!r}")
         if reply.get("type") != "accepted":

@@ -256,10 +256,14 @@ def _describe(error: pydantic.ValidationError) -> str:
     return f"field {field!r}: {first['msg'].lower()}"
 
 
+# Control, format (bidi overrides), surrogate, private-use and unassigned
+# characters, and the Unicode line and paragraph separators: none belongs in
+# a name or a chat line, and the separators would break one line into two.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def _has_control(text: str) -> bool:
-    # Categories Cc/Cf/Cs/Co/Cn: control, format (bidi overrides), surrogates,
-    # private use and unassigned.  None belongs in a name or a chat line.
-    return any(unicodedata.category(char).startswith("C") for char in text)
+    return any(unicodedata.category(char) in _UNPRINTABLE for char in text)
 
 
 def _short(value: Any) -> str:

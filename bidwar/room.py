@@ -137,7 +137,8 @@ class AuctionRoom:
         elif self._name_is_claimed(name):
             raise RequestError(
                 "name_taken",
-                f"{name!r} is in use: pick another name, or resume with its session",
+                f"{name!r} is in use: pick another name, or resume with its session "
+                "(the bidder's --resume)",
             )
 
         session = self._claim_session(name, member, resumed)
@@ -528,7 +529,9 @@ class AuctionRoom:
         return base64.urlsafe_b64encode(digest[:24]).decode("ascii")
 
     def _check_token(self, name: str, token: str | None) -> None:
-        if token is None or not hmac.compare_digest(token, self.session_token(name)):
+        # Compared as bytes: compare_digest refuses non-ASCII str.
+        expected = self.session_token(name).encode("utf-8")
+        if token is None or not hmac.compare_digest(token.encode("utf-8"), expected):
             raise RequestError("bad_session", "that session token is not for this name")
 
     def _check_host_key(self, key: str) -> None:

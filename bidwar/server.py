@@ -15,6 +15,7 @@ import secrets
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger("bidwar.server")
 
 HOST_KEY_ENV = "BIDWAR_HOST_KEY"
 SESSION_SECRET_FILE = "session.secret"
+HOST_KEY_FILE = "host.key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,29 +172,40 @@ def _server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 def _session_secret(data_dir: Path) -> bytes:
     """The key that signs session tokens: made once, kept with the journal."""
-    path = data_dir / SESSION_SECRET_FILE
+    secret, _ = load_or_create_secret(
+        data_dir / SESSION_SECRET_FILE, lambda: secrets.token_bytes(32)
+    )
+    return secret
+
+
+def load_or_create_secret(path: Path, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """Read the secret at ``path``, or create it (owner-only) with ``make()``.
+
+    Returns (secret, whether it was just created).  Raises StartupError when
+    the data directory cannot hold it.
+    """
     try:
-        return path.read_bytes()
+        return path.read_bytes(), False
     except FileNotFoundError:
         pass
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as error:
         raise StartupError(
-            f"cannot write to the data directory {data_dir}: {error}"
+            f"cannot write to the data directory {path.parent}: {error}"
         ) from None
-    secret = secrets.token_bytes(32)
+    secret = make()
     with os.fdopen(descriptor, "wb") as file:
         file.write(secret)
-    return secret
+    return secret, True
 
 
 # ------------------------------------------------------------------ the CLI
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]:
-    """Return (config, verbose, host key was generated)."""
+def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool]:
+    """Return (config, verbose); an empty host key means "use the stored one"."""
     parser = argparse.ArgumentParser(
         prog="python -m bidwar.server",
         description="Run the bidwar auction service and the video signaling service.",
@@ -230,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]
         "--host-key",
         default=os.environ.get(HOST_KEY_ENV),
         help=f"the key that makes a bidder the host (also ${HOST_KEY_ENV}); "
-        "default: generated and printed",
+        "default: made once, kept in the data directory and printed at start",
     )
     parser.add_argument(
         "--max-chat-chars",
@@ -252,10 +265,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
 
-    generated = not args.host_key
     config = ServerConfig(
         data_dir=args.data_dir,
-        host_key=args.host_key or secrets.token_urlsafe(12),
+        host_key=args.host_key or "",
         tls=not args.no_tls,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -265,7 +277,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, bool, bool]
         signaling=SignalingConfig(bind=args.bind, port=args.signaling_port),
         max_chat_chars=args.max_chat_chars,
     )
-    return config, args.verbose, generated
+    return config, args.verbose
+
+
+def _with_stored_host_key(config: ServerConfig) -> ServerConfig:
+    """Use the data directory's host key, making one on first start.
+
+    Kept on disk so that after a crash the host can take the paused lot back
+    with the key it already has.
+    """
+    path = config.data_dir / HOST_KEY_FILE
+    key, created = load_or_create_secret(
+        path, lambda: secrets.token_urlsafe(12).encode("ascii")
+    )
+    origin = "new, saved in" if created else "from"
+    print(f"host key ({origin} {path}): {key.decode()}", flush=True)
+    return dataclasses.replace(config, host_key=key.decode())
 
 
 def _is_loopback(address: str) -> bool:
@@ -296,11 +323,14 @@ async def _serve_until_signalled(config: ServerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, verbose, generated_key = parse_args(argv)
+    config, verbose = parse_args(argv)
     setup_logging(verbose)
-    if generated_key:
-        # Printed once, to the terminal only: it is never written to disk.
-        print(f"host key (give it to the host): {config.host_key}", flush=True)
+    if not config.host_key:
+        try:
+            config = _with_stored_host_key(config)
+        except StartupError as error:
+            log.error("cannot start: %s", error)
+            return 2
     failure: BaseException | None = None
     try:
         trio.run(_serve_until_signalled, config)

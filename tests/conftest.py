@@ -38,3 +38,9 @@ def net_clock() -> MockClock:
     takes no wall-clock minute) while letting real I/O finish first.
     """
     return MockClock(autojump_threshold=0.1)
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path, monkeypatch):
+    """Bidders started by a test keep their session tokens in its tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

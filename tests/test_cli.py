@@ -348,6 +348,24 @@ def test_a_taken_name_is_a_clear_error_and_exit_1(shared):
     assert first.wait_exit() == 0
 
 
+def test_a_bidder_who_chatted_comes_back_under_its_name_with_resume(server):
+    first = joined(server.bidder("pia"))
+    first.send("message hello")
+    first.wait_for(r"^<pia> hello$")
+    first.end_input()
+    assert first.wait_exit() == 0
+
+    stranger = server.bidder("pia")  # no token: the name is taken
+    assert stranger.wait_exit() == 1
+    assert "name_taken" in stranger.stdout()[-1]
+
+    again = joined(server.bidder("pia", "--resume"))
+    again.send("message back again")
+    again.wait_for(r"^<pia> back again$")
+    again.end_input()
+    assert again.wait_exit() == 0
+
+
 # ------------------------------------------------------------ the server
 
 
@@ -365,23 +383,29 @@ def test_no_tls_is_refused_on_a_non_loopback_address(started, tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_without_a_host_key_the_server_prints_a_generated_one_once(started, tmp_path):
+def test_without_a_host_key_the_server_makes_one_and_keeps_it(started, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "BIDWAR_HOST_KEY"}
     server = Server(started, tmp_path, env=env)
-    _, printed = server.process.wait_for(r"^host key \(give it to the host\): (\S+)$")
-    key = printed[1]
+    _, printed = server.process.wait_for(r"^host key \(new, saved in (\S+)\): (\S+)$")
+    key = printed[2]
     assert len(key) >= 12
     assert sum("host key" in line for line in server.process.stdout()) == 1
     assert key not in server.process.stderr()  # not in the log
+    assert (server.data_dir / "host.key").stat().st_mode & 0o077 == 0
 
     host = joined(server.bidder("host", "--host-key", key))
     host.send("host_request")
     host.wait_for(r"^you are the host$")
 
-    # Printed, never stored.
-    for path in server.data_dir.rglob("*"):
-        if path.is_file():
-            assert key.encode() not in path.read_bytes(), path
+    # After a restart the same key still works, so a crashed host can
+    # take its paused lot back.
+    host.end_input()
+    assert host.wait_exit() == 0
+    server.process.popen.send_signal(signal.SIGTERM)
+    assert server.process.wait_exit() == 0
+    again = Server(started, tmp_path, env=env)
+    _, printed = again.process.wait_for(r"^host key \(from (\S+)\): (\S+)$")
+    assert printed[2] == key
 
 
 async def test_max_chat_chars_above_500_is_honoured(started, tmp_path):

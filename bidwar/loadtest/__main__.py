@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_and_report(config: LoadConfig) -> int:
+    failure: BaseException | None = None
     try:
         result = trio.run(run_load, config)
-    except (HostError, tls.TLSSetupError, OSError) as error:
-        log.error("cannot run the load test: %s", error)
+    except* (HostError, tls.TLSSetupError, OSError) as group:
+        # Nurseries deliver these inside an exception group.
+        failure = group.exceptions[0]
+    if failure is not None:
+        log.error("cannot run the load test: %s", failure)
         return EXIT_CANNOT_RUN
 
     checks = check_run(result)
