@@ -239,24 +239,30 @@ async def _show_status(client: BidderClient, terminal: Terminal) -> None:
 
 
 async def _announce_ending_soon(client: BidderClient, terminal: Terminal) -> None:
-    """Say "ending soon" as the countdown passes 10, 5 and 3 seconds."""
-    announced: set[tuple[int, int | None, int]] = set()
+    """Say "ending soon" as the countdown passes 10, 5 and 3 seconds.
+
+    Only a countdown that *passes* a mark is announced: a bid that extends
+    the lot to exactly 10 s has already been reported as an extension.
+    """
+    previous_ms: int | None = None
     while True:
         # Polling a local display, not waiting for an event: a half-second
         # tick is as precise as a person reading a terminal needs.
         await trio.sleep(0.5)
         lot, remaining = client.view.lot, client.view.remaining_ms(_now_ms())
         if lot is None or lot.state != "open" or remaining is None:
+            previous_ms = None
             continue
-        for mark in ENDING_SOON_MARKS_S:
-            key = (lot.lot, lot.ends_at_ms, mark)
-            if remaining <= mark * 1000 and key not in announced and remaining > 0:
-                announced.add(key)
-                if not terminal.json_output:
-                    terminal.note(
-                        f"[lot {lot.lot}] ending soon: {remaining / 1000:.0f} s left"
-                    )
+        for mark_s in ENDING_SOON_MARKS_S:
+            passed = (
+                previous_ms is not None and previous_ms > mark_s * 1000 >= remaining
+            )
+            if passed and remaining > 0 and not terminal.json_output:
+                terminal.note(
+                    f"[lot {lot.lot}] ending soon: {remaining / 1000:.0f} s left"
+                )
                 break
+        previous_ms = remaining
 
 
 def _now_ms() -> int:

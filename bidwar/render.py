@@ -24,9 +24,7 @@ def render_frame(
 
 def render_status(view: AuctionView, now_ms: int) -> str:
     """The whole picture: lot, price, leader, time left, host, counts."""
-    lines = [
-        f"host: {view.host or 'none'} | {view.bidders} bidders, {view.viewers} watching"
-    ]
+    lines = [f"host: {view.host or 'none'} | {_counts(view.bidders, view.viewers)}"]
     lot = view.lot
     if lot is None:
         lines.append("no lot yet")
@@ -37,16 +35,17 @@ def render_status(view: AuctionView, now_ms: int) -> str:
         lines.append(f"  no bids yet; starting price {lot.starting_price}")
     else:
         lines.append(f"  price {lot.price} by {lot.leader}; {lot.bid_count} bids")
+    if lot.state == "closed":
+        lines.append(f"  {lot.outcome}")
+        return "\n".join(lines)
+
     lines.append(
         f"  next bid at least {_next_minimum(view)}; increment {lot.increment}"
     )
     remaining = view.remaining_ms(now_ms)
-    if lot.state == "closed":
-        lines.append(f"  {lot.outcome}")
-    elif remaining is not None:
-        lines.append(
-            f"  {_seconds(remaining)} left{' (paused)' if lot.state == 'paused' else ''}"
-        )
+    if remaining is not None:
+        paused = " (paused)" if lot.state == "paused" else ""
+        lines.append(f"  {_seconds(remaining)} left{paused}")
     return "\n".join(lines)
 
 
@@ -56,6 +55,10 @@ def _next_minimum(view: AuctionView) -> str:
     if lot.price is None:
         return lot.starting_price
     return format_cents(parse_amount(lot.price) + parse_amount(lot.increment))
+
+
+def _counts(bidders: int, viewers: int) -> str:
+    return f"{bidders} bidder{'' if bidders == 1 else 's'}, {viewers} watching"
 
 
 def _seconds(ms: int) -> str:
@@ -72,7 +75,8 @@ def _lot_opened(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) 
     left = _seconds(remaining) if remaining is not None else "?"
     return (
         f"[lot {frame['lot']}] OPEN: {frame['title']} | starting at "
-        f"{frame['starting_price']}, increment {frame['increment']}, {left} left ({kind})"
+        f"{frame['starting_price']}, increment {frame['increment']}, "
+        f"{left} left ({kind})"
     )
 
 
@@ -80,7 +84,8 @@ def _bid(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) -> str:
     who = "you" if frame["bidder"] == me else frame["bidder"]
     remaining = view.remaining_ms(now_ms)
     left = f", {_seconds(remaining)} left" if remaining is not None else ""
-    return f"[lot {frame['lot']}] {frame['amount']} by {who} (bid {frame['bid_count']}{left})"
+    number = frame["bid_count"]
+    return f"[lot {frame['lot']}] {frame['amount']} by {who} (bid {number}{left})"
 
 
 def _extended(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) -> str:
@@ -133,14 +138,14 @@ def _outbid(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) -> s
 def _snapshot(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) -> str:
     lines = [render_status(view, now_ms)]
     for result in frame.get("results", []):
-        lines.append(_closed(result, view, me, now_ms) + " (while you were away)")
+        lines.append(_closed(result, view, me, now_ms) + " (earlier)")
     for chat in frame.get("chat", [])[-5:]:
         lines.append(_chat(chat, view, me, now_ms))
     return "\n".join(lines)
 
 
 def _presence(frame: dict[str, Any], view: AuctionView, me: str, now_ms: int) -> str:
-    return f"{frame['bidders']} bidders, {frame['viewers']} watching"
+    return _counts(frame["bidders"], frame["viewers"])
 
 
 def _accepted(
