@@ -1,6 +1,9 @@
 """The auction end to end: server and several bidders over real TLS sockets."""
 
+import json
+
 import trio
+from trio_websocket import open_websocket_url
 
 from tests.helpers import HOST_KEY, raw_client, running_server, server_config
 
@@ -118,3 +121,28 @@ async def test_a_joining_bidder_gets_a_snapshot_with_the_current_lot(
                 assert snapshot["host"] == "host"
                 assert [c["text"] for c in snapshot["chat"]] == ["welcome all"]
                 assert snapshot["bidders"] == 2
+
+
+async def test_bidders_are_told_how_many_are_watching_the_video(
+    tmp_path, server_ssl_context, client_ssl_context, net_clock
+):
+    config = server_config(tmp_path)
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(server.auction_port, client_ssl_context, "ann") as ann,
+    ):
+        signaling = f"wss://localhost:{server.signaling_port}/"
+        async with open_websocket_url(
+            signaling, ssl_context=client_ssl_context
+        ) as viewer:
+            await viewer.send_message(json.dumps({"type": "join", "role": "viewer"}))
+            assert json.loads(await viewer.get_message())["type"] == "joined"
+
+            presence = await ann.receive_until(
+                lambda f: f.get("type") == "presence" and f["viewers"] == 1
+            )
+            assert presence["bidders"] == 1
+
+        await ann.receive_until(
+            lambda f: f.get("type") == "presence" and f["viewers"] == 0
+        )
