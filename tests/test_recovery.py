@@ -1,6 +1,5 @@
 """Restart recovery, resume after a dropped connection, idempotent retries."""
 
-
 import dataclasses
 
 import trio
@@ -36,9 +35,11 @@ async def test_a_restart_rebuilds_the_lot_paused_with_its_time_left(
             assert (await ann.request("bid", "a1", amount="15"))["type"] == "accepted"
             before = (await ann.request("status", "s1"))["result"]
 
-    async with running_server(config, server_ssl_context) as server:
-        async with raw_client(server.auction_port, client_ssl_context, "bob") as bob:
-            after = await bob.event("snapshot")
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(server.auction_port, client_ssl_context, "bob") as bob,
+    ):
+        after = await bob.event("snapshot")
 
     lot = after["lot"]
     assert lot["state"] == "paused"
@@ -52,9 +53,11 @@ async def test_a_recovered_lot_runs_again_when_the_host_resumes_it(
     tmp_path, server_ssl_context, client_ssl_context, net_clock
 ):
     config = server_config(tmp_path)
-    async with running_server(config, server_ssl_context) as server:
-        async with raw_client(server.auction_port, client_ssl_context, "host") as host:
-            await host_opens_lot(host, seconds=30)
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(server.auction_port, client_ssl_context, "host") as host,
+    ):
+        await host_opens_lot(host, seconds=30)
 
     async with running_server(config, server_ssl_context) as server:
         port = server.auction_port
@@ -144,9 +147,12 @@ async def test_a_retried_bid_after_a_restart_is_answered_from_the_journal(
             first = await ann.request("bid", "b-1", amount="10")
             session = ann.welcome["result"]["session"]
 
-    async with running_server(config, server_ssl_context) as server, raw_client(
-        server.auction_port, client_ssl_context, "ann", session=session
-    ) as ann:
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(
+            server.auction_port, client_ssl_context, "ann", session=session
+        ) as ann,
+    ):
         again = await ann.request("bid", "b-1", amount="10")
         status = (await ann.request("status", "s"))["result"]
 
