@@ -45,6 +45,7 @@ import trio
 from bidwar import core, journal, protocol
 from bidwar.clock import ServerClock
 from bidwar.fanout import Outbox, OutboxOverflow
+from bidwar.group_commit import GroupCommitter
 from bidwar.protocol import RequestError
 
 log = logging.getLogger("bidwar.room")
@@ -100,7 +101,7 @@ class AuctionRoom:
         self,
         config: RoomConfig,
         clock: ServerClock,
-        committer: journal.GroupCommitter,
+        committer: GroupCommitter,
         durable_state: core.Auction,
         replay: list[dict[str, Any]] | None = None,
     ) -> None:

@@ -24,6 +24,7 @@ import trio
 from bidwar import core, journal, tls
 from bidwar.auction_service import AuctionServiceConfig, serve_auction
 from bidwar.clock import ServerClock
+from bidwar.group_commit import GroupCommitter
 from bidwar.logs import setup_logging
 from bidwar.room import AuctionRoom, RoomConfig
 from bidwar.signaling import SignalingConfig, serve_signaling
@@ -82,7 +83,7 @@ async def run_server(
         rules = dataclasses.replace(config.rules, max_chat_chars=config.max_chat_chars)
         durable = _replay(rules, recovery.records)
         clock = ServerClock()
-        committer = journal.GroupCommitter(store)
+        committer = GroupCommitter(store)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
@@ -141,7 +142,7 @@ def _replay(rules: core.Rules, records: list[journal.Record]) -> core.Auction:
 
 async def _journal_recovery(
     durable: core.Auction,
-    committer: journal.GroupCommitter,
+    committer: GroupCommitter,
     clock: ServerClock,
     last_at_ms: int | None,
 ) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ Three runs, each on a fresh journal in a temporary directory
 
 * **group commit, closed loop** (capacity): ``--submitters`` concurrent
   bidders, each placing a bid and waiting for its durable callback before
-  the next, through one :class:`~bidwar.journal.GroupCommitter`;
+  the next, through one :class:`~bidwar.group_commit.GroupCommitter`;
 * **group commit, open loop** (latency at a given load): bids offered at
   ``--rate`` per second whatever the latency, as independent clients would;
 * **one commit per event**: the same events, each in its own transaction,
@@ -37,7 +37,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bidwar.journal import GroupCommitter, SqliteStore  # noqa: E402
+from bidwar.group_commit import GroupCommitter  # noqa: E402
+from bidwar.journal import SqliteStore  # noqa: E402
 
 try:
     from bidwar import core

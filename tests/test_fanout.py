@@ -11,7 +11,8 @@ from bidwar import core, protocol
 from bidwar.auction_service import AuctionServiceConfig, Connection
 from bidwar.clock import ServerClock
 from bidwar.fanout import Outbox, OutboxOverflow
-from bidwar.journal import GroupCommitter, Recovery
+from bidwar.group_commit import GroupCommitter
+from bidwar.journal import Recovery
 from bidwar.room import AuctionRoom, RoomConfig
 
 # ---------------------------------------------------------------- Outbox

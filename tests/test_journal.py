@@ -15,9 +15,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bidwar.group_commit import GroupCommitter
 from bidwar.journal import (
     GENESIS_HASH,
-    GroupCommitter,
     JournalClosed,
     JournalCorrupt,
     JournalError,
@@ -401,7 +401,8 @@ async def test_commit_returns_once_durable(store, tmp_path):
 
 CHILD = """
 import os, signal, sys, trio
-from bidwar.journal import GroupCommitter, SqliteStore
+from bidwar.group_commit import GroupCommitter
+from bidwar.journal import SqliteStore
 
 async def main(data_dir):
     store = await trio.to_thread.run_sync(SqliteStore.open, data_dir)
