@@ -1102,6 +1102,11 @@ class Auction:
         """True once ``name`` has bid or chatted in this auction."""
         return name in self._participants
 
+    @property
+    def participants(self) -> frozenset[str]:
+        """Every name that has bid or chatted in this auction."""
+        return frozenset(self._participants)
+
 
 def _default(value: int | None, default: int) -> int:
     return default if value is None else value

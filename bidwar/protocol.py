@@ -176,6 +176,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def name_key(name: str) -> str:
+    """The form under which two names count as the same bidder.
+
+    Compatibility-normalised and case-folded, so that "ANN", "Ann" and "ａｎｎ"
+    cannot pass for "ann".  Look-alikes from other scripts (a Cyrillic "а")
+    are not caught: that needs a confusables table.
+    """
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 def check_text(text: str, max_chars: int = DEFAULT_MAX_CHAT_CHARS) -> str:
     """Return chat ``text`` if it is acceptable, else raise ``invalid_text``."""
     if not text.strip():

@@ -112,6 +112,11 @@ class AuctionRoom:
         self._live = copy.deepcopy(durable_state)
 
         self._sessions: dict[str, Session] = {}
+        # Names held (connected, or bid or chatted) by their protocol.name_key,
+        # so that a look-alike of a held name is refused.
+        self._held: dict[str, set[str]] = collections.defaultdict(set)
+        for name in durable_state.participants:
+            self._hold(name)
         self._ring: collections.deque[tuple[int, str]] = collections.deque(
             maxlen=config.replay_events
         )
@@ -146,6 +151,7 @@ class AuctionRoom:
             )
 
         session = self._claim_session(name, member, resumed)
+        self._hold(name)
         self._welcome(session, hello, resumed)
         self._presence_changed.set()
         log.info(
@@ -162,6 +168,8 @@ class AuctionRoom:
             return  # already replaced by a newer connection of the session
 
         session.member = None
+        if not self._live.has_participated(session.name):
+            self._held[protocol.name_key(session.name)].discard(session.name)
         self._presence_changed.set()
         log.info("[%s] %s left", member.connection_id, session.name)
         if self._live.host == session.name:
@@ -558,7 +566,11 @@ class AuctionRoom:
     def _name_is_claimed(self, name: str) -> bool:
         session = self._sessions.get(name)
         connected = session is not None and session.member is not None
-        return connected or self._live.has_participated(name)
+        look_alikes = self._held.get(protocol.name_key(name), set()) - {name}
+        return connected or self._live.has_participated(name) or bool(look_alikes)
+
+    def _hold(self, name: str) -> None:
+        self._held[protocol.name_key(name)].add(name)
 
     def _claim_session(self, name: str, member: Member, resumed: bool) -> Session:
         session = self._sessions.get(name)
