@@ -1,8 +1,11 @@
 """``python -m bidwar.host``: publish live video of the lot to viewers.
 
 Parses the command line into one frozen config, sets up logging and runs
-``bidwar.media.publisher.Publisher`` under ``trio.run``. Exit codes: 0 after
-Ctrl-C, 1 when signaling refuses or fails, 2 for a bad camera or arguments.
+``bidwar.media.publisher.Publisher`` under ``trio.run``. A lost signaling
+connection (the server restarting) is joined again while the camera keeps
+running. Exit codes: 0 after Ctrl-C, 1 when signaling refuses us, cannot be
+joined at start or ends the connection for good, 2 for a bad camera or
+arguments.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Parses the command line into one frozen config, sets up logging and runs
 ``bidwar.media.watcher.Watcher`` under ``trio.run``, printing its figures
 every few seconds and at exit. A window opens when a display exists and
-``--headless`` is not given. Exit codes: 0 normally (including Ctrl-C),
-1 when signaling refuses or fails, 2 for bad arguments.
+``--headless`` is not given. A lost signaling connection (the server
+restarting) is joined again, keeping the figures and the recording. Exit
+codes: 0 normally (including Ctrl-C), 1 when signaling refuses us, cannot be
+joined at start or ends the connection for good, 2 for bad arguments.
 """
 
 from __future__ import annotations

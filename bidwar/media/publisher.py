@@ -7,14 +7,18 @@ task, which owns that viewer's peer connection and subscription: it offers,
 waits for the answer, and then waits until the viewer leaves (cancelled on
 ``viewer_left``) or the connection fails.
 
+When the signaling connection is lost (the server restarted), every viewer
+task ends with it, closing its peer connection, while capture and encoding
+carry on; once joined again the service announces each viewer afresh.
+
 Task tree (every task has an owner; cancelling ``run`` tears all down)::
 
     Publisher.run
       ├─ trio-asyncio loop (open_bridge)
-      ├─ signaling connection (the message loop runs in run itself)
+      ├─ stay_joined: one signaling connection at a time, and its message loop
+      │    └─ one task per viewer ── its RTCPeerConnection
       ├─ capture loop
-      ├─ report loop (optional)
-      └─ one task per viewer ── its RTCPeerConnection
+      └─ report loop (optional)
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import av
@@ -37,6 +42,7 @@ from bidwar.media.signaling_client import (
     SignalingChannel,
     SignalingError,
     open_signaling,
+    stay_joined,
 )
 from bidwar.media.stamp import stamp
 
@@ -142,34 +148,41 @@ class Publisher:
     ):
         """Publish until cancelled; ``task_status.started()`` once joined.
 
-        Raises SignalingRejected (e.g. a wrong host key) or SignalingError
-        (the service is unreachable or went away). On return or cancellation
-        every peer connection has been closed.
+        Raises SignalingRejected (e.g. a wrong host key), also when joining
+        again, and SignalingError if the first join fails or the service
+        closes the connection for a reason other than going away. A lost
+        connection is joined again (see ``stay_joined``) without stopping the
+        camera. On return or cancellation every peer connection has been
+        closed.
         """
         with single_errors():
             await self._run(task_status)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
-        async with (
-            open_bridge(),
-            open_signaling(
-                config.signaling_url,
-                ssl_context=self._ssl_context,
-                role="publisher",
-                room=config.room,
-                host_key=config.host_key,
-            ) as channel,
-            trio.open_nursery() as nursery,
-        ):
+        join = partial(
+            open_signaling,
+            config.signaling_url,
+            ssl_context=self._ssl_context,
+            role="publisher",
+            room=config.room,
+            host_key=config.host_key,
+        )
+        async with open_bridge(), trio.open_nursery() as nursery:
+            await nursery.start(stay_joined, join, self._serve_signaling)
             nursery.start_soon(self._capture_loop)
             if config.report_interval_s:
                 nursery.start_soon(self._report_loop, config.report_interval_s)
             task_status.started()
-            async for message in channel:
-                self._on_message(nursery, channel, message)
 
     # -- signaling ---------------------------------------------------------------
+
+    async def _serve_signaling(self, channel: SignalingChannel) -> None:
+        # The viewers' tasks live only as long as this connection: when it
+        # is lost they are cancelled and close their peer connections.
+        async with trio.open_nursery() as nursery:
+            async for message in channel:
+                self._on_message(nursery, channel, message)
 
     def _on_message(
         self, nursery: trio.Nursery, channel: SignalingChannel, message: dict[str, Any]

@@ -6,13 +6,17 @@ at a time. An ``offer`` starts a session, replacing any previous one;
 frame has its capture stamp read (glass-to-glass latency), and is optionally
 recorded and shown.
 
+A lost signaling connection (the server restarted) ends the session with
+it; the viewer joins again, and the host's next offer starts a new session.
+The figures and the recording carry on across the gap.
+
 Task tree::
 
     Watcher.run
       ├─ trio-asyncio loop (open_bridge)
-      ├─ signaling connection (the message loop runs in run itself)
-      ├─ report loop (optional)
-      └─ current session ── its RTCPeerConnection ── frame pump
+      ├─ stay_joined: one signaling connection at a time, and its message loop
+      │    └─ current session ── its RTCPeerConnection ── frame pump
+      └─ report loop (optional)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,11 @@ from bidwar.media.bridge import MediaError, PeerClosed, open_bridge, open_receiv
 from bidwar.media.display import Display
 from bidwar.media.errors import single_errors
 from bidwar.media.recorder import Recorder
-from bidwar.media.signaling_client import SignalingChannel, open_signaling
+from bidwar.media.signaling_client import (
+    SignalingChannel,
+    open_signaling,
+    stay_joined,
+)
 from bidwar.media.stamp import read_stamp
 from bidwar.media.viewer_stats import ViewerStats
 
@@ -77,8 +86,10 @@ class Watcher:
         """Watch; ``task_status.started()`` once joined. Returns the figures.
 
         Returns normally after ``config.frames`` frames or when the user
-        closes the window; raises SignalingError if signaling goes away.
-        Cancellation closes the peer connection and finishes the recording.
+        closes the window. A lost signaling connection is joined again (see
+        ``stay_joined``); raises SignalingError if the first join fails, the
+        service refuses a join, or it closes the connection for another
+        reason. Cancellation closes the peer connection and finishes the recording.
         """
         try:
             with single_errors(), trio.CancelScope() as self._done:
@@ -89,26 +100,34 @@ class Watcher:
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
-        async with (
-            open_bridge(),
-            open_signaling(
-                config.signaling_url,
-                ssl_context=self._ssl_context,
-                role="viewer",
-                room=config.room,
-            ) as channel,
-            trio.open_nursery() as nursery,
-        ):
-            self.host_present = channel.host_present
-            if channel.host_present:
-                self.stats.expect_video(time.monotonic())
-            else:
-                log.info("waiting for the host")
+        join = partial(
+            open_signaling,
+            config.signaling_url,
+            ssl_context=self._ssl_context,
+            role="viewer",
+            room=config.room,
+        )
+        async with open_bridge(), trio.open_nursery() as nursery:
+            await nursery.start(stay_joined, join, self._serve_signaling)
             if config.report_interval_s:
                 nursery.start_soon(self._report_loop, config.report_interval_s)
             task_status.started()
-            async for message in channel:
-                await self._on_message(nursery, channel, message)
+
+    async def _serve_signaling(self, channel: SignalingChannel) -> None:
+        self.host_present = channel.host_present
+        if channel.host_present:
+            self.stats.expect_video(time.monotonic())
+        else:
+            log.info("waiting for the host")
+
+        # The session lives only as long as this connection: when it is lost
+        # the session is cancelled and closes its peer connection.
+        try:
+            async with trio.open_nursery() as nursery:
+                async for message in channel:
+                    await self._on_message(nursery, channel, message)
+        finally:
+            self._session = None
 
     async def _on_message(
         self, nursery: trio.Nursery, channel: SignalingChannel, message: dict[str, Any]
