@@ -41,7 +41,7 @@ the deadline (``at_ms == ends_at_ms``), not with the moment the tick ran.
 """
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, fields, replace
 from typing import Any, get_args, get_type_hints
 
@@ -66,6 +66,7 @@ class Rules:
     max_duration_s: int = 86400
     max_title_chars: int = 200
     chat_history: int = 50
+    chats_remembered: int = 10_000  # for answering retried chat requests
     results_history: int = 20
     max_chat_chars: int = 500
 
@@ -255,6 +256,7 @@ class ChatPosted:
     at_ms: int
     author: str
     text: str
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,6 +546,10 @@ class Auction:
         # Names that ever bid or chatted, kept for the auction's whole life
         # because a name stays reserved once used (docs/protocol.md, hello).
         self._participants: set[str] = set()
+        # Recent chat messages by (author, request id), so that a retry after
+        # a restart is answered instead of posted twice.  Bounded: a retry
+        # comes within seconds, not after thousands of messages.
+        self._chats_by_request: OrderedDict[tuple[str, str], ChatPosted] = OrderedDict()
 
         # Accepted bids by (bidder, request id), for the current and the
         # previous lot only: older lots are dropped when a lot opens, so this
@@ -800,7 +806,9 @@ class Auction:
         if not isinstance(text, str) or not 1 <= len(text) <= limit:
             return _reject("invalid_text", f"a message has 1 to {limit} characters")
 
-        event = ChatPosted(self._last_seq + 1, now_ms, command.actor, text)
+        event = ChatPosted(
+            self._last_seq + 1, now_ms, command.actor, text, command.request_id
+        )
         return self._commit((event,), "message posted", {})
 
     def _check_host(self, command: Command) -> Decision | None:
@@ -1051,6 +1059,9 @@ class Auction:
     def _apply_chat(self, event: ChatPosted) -> None:
         self._chat.append(event)
         self._participants.add(event.author)
+        self._chats_by_request[(event.author, event.request_id)] = event
+        if len(self._chats_by_request) > self.rules.chats_remembered:
+            self._chats_by_request.popitem(last=False)
 
     def _apply_host_changed(self, event: HostChanged) -> None:
         _require(event.host != self._host, "host_changed changes nothing")
@@ -1097,6 +1108,10 @@ class Auction:
             if found := self._bids_by_request[lot].get((actor, request_id)):
                 return found
         return None
+
+    def accepted_chat(self, actor: str, request_id: str) -> ChatPosted | None:
+        """The recent message ``actor`` posted with ``request_id``, else None."""
+        return self._chats_by_request.get((actor, request_id))
 
     def has_participated(self, name: str) -> bool:
         """True once ``name`` has bid or chatted in this auction."""

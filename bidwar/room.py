@@ -208,13 +208,22 @@ class AuctionRoom:
         if isinstance(request, protocol.Status):
             self._reply_status(session, request.id)
             return
+        # A retry of a request whose reply was lost with a restart: answer it
+        # from the durable state instead of acting twice.
         if isinstance(request, protocol.Bid):
             previous = self._live.accepted_bid(session.name, request.id)
             if previous is not None:
+                result = _bid_result(previous)
                 self._reply_after_durable(
-                    session,
-                    request.id,
-                    protocol.accepted(request.id, _bid_result(previous)),
+                    session, request.id, protocol.accepted(request.id, result)
+                )
+                return
+        if isinstance(request, protocol.Message):
+            posted = self._live.accepted_chat(session.name, request.id)
+            if posted is not None:
+                result = {"seq": posted.seq}
+                self._reply_after_durable(
+                    session, request.id, protocol.accepted(request.id, result)
                 )
                 return
         self._decide(session, request.id, self._command_for(session.name, request))

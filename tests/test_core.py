@@ -538,7 +538,25 @@ def test_set_increment_must_be_a_positive_amount(amount):
 def test_chat_posts_an_event_from_the_actor():
     decision = accept(Auction(), PostChat("ann", "m", "hello"))
 
-    assert decision.events == (ChatPosted(1, T0, "ann", "hello"),)
+    assert decision.events == (ChatPosted(1, T0, "ann", "hello", "m"),)
+
+
+def test_a_posted_message_is_found_by_its_author_and_request_id():
+    auction = Auction()
+    accept(auction, PostChat("ann", "m1", "hello"))
+
+    assert auction.accepted_chat("ann", "m1").text == "hello"
+    assert auction.accepted_chat("bob", "m1") is None
+    assert auction.accepted_chat("ann", "m2") is None
+
+
+def test_only_the_latest_chat_requests_are_remembered():
+    auction = Auction(Rules(chats_remembered=2))
+    for number in range(3):
+        accept(auction, PostChat("ann", f"m{number}", "hi"))
+
+    assert auction.accepted_chat("ann", "m0") is None
+    assert auction.accepted_chat("ann", "m2") is not None
 
 
 def test_chat_history_keeps_only_the_latest_messages():
@@ -656,13 +674,14 @@ EXAMPLES = [
         },
     ),
     (
-        ChatPosted(65, T0, "bob", "nice guitar"),
+        ChatPosted(65, T0, "bob", "nice guitar", "m9"),
         {
             "type": "chat",
             "seq": 65,
             "at_ms": T0,
             "author": "bob",
             "text": "nice guitar",
+            "request_id": "m9",
         },
     ),
     (
@@ -753,7 +772,7 @@ def test_event_from_dict_refuses_values_outside_their_type(wire, message):
 
 def test_apply_refuses_a_gap_in_seq():
     with pytest.raises(ValueError, match="seq 2 does not follow 0"):
-        Auction().apply(ChatPosted(2, T0, "ann", "hi"))
+        Auction().apply(ChatPosted(2, T0, "ann", "hi", "m"))
 
 
 def test_apply_refuses_an_impossible_transition():
@@ -871,7 +890,14 @@ def test_snapshot_of_an_open_lot_with_a_leader():
         "sudden_death": False,
     }
     assert snapshot["chat"] == [
-        {"type": "chat", "seq": 4, "at_ms": T0, "author": "bob", "text": "go on"}
+        {
+            "type": "chat",
+            "seq": 4,
+            "at_ms": T0,
+            "author": "bob",
+            "text": "go on",
+            "request_id": "m",
+        }
     ]
 
 

@@ -200,3 +200,27 @@ async def test_the_client_reconnects_through_a_restart_and_resends_its_request(
     assert client.session == first_session
     chats = [f for f in seen if f.get("type") == "chat"]
     assert [c["text"] for c in chats] == ["hello again"]
+
+
+async def test_a_retried_message_after_a_restart_is_not_posted_twice(
+    tmp_path, server_ssl_context, client_ssl_context, net_clock
+):
+    config = server_config(tmp_path)
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(server.auction_port, client_ssl_context, "ann") as ann,
+    ):
+        first = await ann.request("message", "m-1", text="only once")
+        session = ann.welcome["result"]["session"]
+
+    async with (
+        running_server(config, server_ssl_context) as server,
+        raw_client(
+            server.auction_port, client_ssl_context, "ann", session=session
+        ) as ann,
+    ):
+        again = await ann.request("message", "m-1", text="only once")
+        status = (await ann.request("status", "s"))["result"]
+
+    assert again == first
+    assert [c["text"] for c in status["chat"]] == ["only once"]
