@@ -170,12 +170,18 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
 
     terminal = Terminal(config.name, config.json_output)
     sessions = SessionStore(config.state_dir)
+    saved_session = None
+    if config.resume:
+        # File I/O, so off the trio thread like every other blocking call.
+        saved_session = await trio.to_thread.run_sync(
+            sessions.load, config.url, config.name
+        )
     client = BidderClient(
         ClientConfig(
             url=config.url,
             name=config.name,
             ssl_context=context,
-            session=sessions.load(config.url, config.name) if config.resume else None,
+            session=saved_session,
         ),
         on_frame=lambda frame: terminal.frame(frame, client),
         on_status=terminal.note,
@@ -185,7 +191,9 @@ async def run_bidder(config: BidderConfig, stdin: TextIO = sys.stdin) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
-            sessions.save(config.url, config.name, client.session)
+            await trio.to_thread.run_sync(
+                sessions.save, config.url, config.name, client.session
+            )
             nursery.start_soon(_announce_ending_soon, client, terminal)
             await _command_loop(client, terminal, config, stdin, nursery)
             await client.drain()

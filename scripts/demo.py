@@ -357,7 +357,7 @@ async def run_demo(config: DemoConfig) -> int:
         server_code = await stop(server)
         say("demo", f"server stopped (exit code {server_code})")
 
-    audit_code = audit(config.output / "data")
+    audit_code = await audit(config.output / "data")
     print_summary(outcome, viewer_lines, recording, config)
     return audit_code
 
@@ -383,16 +383,17 @@ def print_summary(
         print(f"RECORDING: {recording} ({size} bytes)")
 
 
-def audit(data_dir: Path) -> int:
+async def audit(data_dir: Path) -> int:
     """Verify the journal the server wrote and print its lot results."""
     print()
-    completed = subprocess.run(
+    completed = await trio.run_process(
         [PYTHON, "-m", "bidwar.audit", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
+        capture_stdout=True,
+        capture_stderr=True,
         check=False,
     )
-    print(completed.stdout.rstrip() or completed.stderr.rstrip())
+    output = completed.stdout or completed.stderr
+    print(output.decode(errors="replace").rstrip())
     return completed.returncode
 
 
