@@ -105,3 +105,20 @@ async def raw_client(
             assert reply["type"] == "accepted", reply
             client.welcome = reply  # type: ignore[attr-defined]
         yield client
+
+
+async def open_lot(
+    host: RawClient,
+    title: str = "Guitar",
+    price: str = "100",
+    seconds: int = 60,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Make ``host`` the host and open a lot; return the lot_opened event."""
+    reply = await host.request("host_request", "h1", key=HOST_KEY)
+    assert reply["type"] == "accepted", reply
+    reply = await host.request(
+        "open", "h2", title=title, starting_price=price, duration_s=seconds, **extra
+    )
+    assert reply["type"] == "accepted", reply
+    return await host.event("lot_opened")

@@ -5,17 +5,7 @@ import json
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.helpers import HOST_KEY, raw_client, running_server, server_config
-
-
-async def open_lot(host, title="Guitar", price="100", seconds=60, **extra):
-    reply = await host.request("host_request", "h1", key=HOST_KEY)
-    assert reply["type"] == "accepted", reply
-    reply = await host.request(
-        "open", "h2", title=title, starting_price=price, duration_s=seconds, **extra
-    )
-    assert reply["type"] == "accepted", reply
-    return await host.event("lot_opened")
+from tests.helpers import open_lot, raw_client, running_server, server_config
 
 
 async def test_bidders_outbid_each_other_and_the_lot_sells_to_the_highest(

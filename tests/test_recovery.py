@@ -6,18 +6,17 @@ import trio
 
 from bidwar.auction_service import AuctionServiceConfig
 from bidwar.client import BidderClient, ClientConfig
-from tests.helpers import HOST_KEY, raw_client, running_server, server_config
+from tests.helpers import (
+    HOST_KEY,
+    open_lot,
+    raw_client,
+    running_server,
+    server_config,
+)
 
 
-async def host_opens_lot(host, seconds=60, **extra):
-    assert (await host.request("host_request", "h1", key=HOST_KEY))[
-        "type"
-    ] == "accepted"
-    reply = await host.request(
-        "open", "h2", title="Vase", starting_price="10", duration_s=seconds, **extra
-    )
-    assert reply["type"] == "accepted", reply
-    return await host.event("lot_opened")
+def host_opens_lot(host, seconds=60, **extra):
+    return open_lot(host, "Vase", "10", seconds, **extra)
 
 
 async def test_a_restart_rebuilds_the_lot_paused_with_its_time_left(
