@@ -1,4 +1,10 @@
-"""Treat SIGTERM like Ctrl-C, so ``kill`` also closes peers and files cleanly."""
+"""Stop on Ctrl-C or SIGTERM by cancelling, so peers and files close cleanly.
+
+Both signals are received here rather than left to trio's default, which
+raises KeyboardInterrupt at whatever checkpoint happens to run: inside the
+signaling client that can look like a lost connection and be retried
+instead of ending the program.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ T = TypeVar("T")
 
 
 async def run_until_terminated(run: Callable[[], Awaitable[T]]) -> T | None:
-    """Return ``run()``'s result, or None once SIGTERM cancelled it.
+    """Return ``run()``'s result, or None once SIGINT or SIGTERM cancelled it.
 
     An error from ``run`` propagates bare (not in an exception group).
     """
@@ -35,9 +41,9 @@ async def _run(run: Callable[[], Awaitable[T]], result: list[T]) -> None:
             nursery.cancel_scope.cancel()
 
         async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                async for _ in signals:
-                    log.info("terminated")
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("%s received: stopping", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch_signals)
