@@ -515,3 +515,33 @@ def test_a_second_server_on_the_same_data_dir_refuses_and_says_why(shared, start
     assert bidder.wait_exit() == 0
     assert "no lot yet" in bidder.stdout()
     assert server.process.popen.poll() is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_viewer_stops_on_a_signal_and_prints_its_figures(server, started, signum):
+    viewer = Process(
+        [
+            "-m", "bidwar.viewer", "--headless", "--report-interval", "1",
+            "--record", str(server.workdir / "seen.mp4"),
+            "--signaling", f"wss://localhost:{server.signaling_port}/",
+            "--cafile", str(server.cafile),
+        ],
+        cwd=server.workdir,
+    )  # fmt: skip
+    started.append(viewer)
+    host = Process(
+        [
+            "-m", "bidwar.host", "--camera", "fake", "--report-interval", "0",
+            "--signaling", f"wss://localhost:{server.signaling_port}/",
+            "--cafile", str(server.cafile), "--host-key", HOST_KEY,
+        ],
+        cwd=server.workdir,
+    )  # fmt: skip
+    started.append(host)
+    # Signal while video flows: the state in which Ctrl-C used to be lost.
+    viewer.wait_for(r"first frame", "stderr")
+
+    viewer.popen.send_signal(signum)
+    assert viewer.wait_exit(timeout=SHUTDOWN_S) == 0
+    viewer.wait_for(r"^\[final\] ")
+    assert_no_traceback(viewer)
